@@ -1,0 +1,45 @@
+# Two commands for a fresh machine with Python 3.11: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint migrate seed bench clean
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime dependencies, pinned in requirements.lock; reinstalled when the lock changes.
+$(VENV)/.runtime: requirements.lock pyproject.toml | $(VENV)/bin/activate
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# Test and lint tools, pinned in requirements-dev.lock (a superset of the runtime lock).
+$(VENV)/.dev: requirements-dev.lock $(VENV)/.runtime
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
+	touch $@
+
+run: $(VENV)/.runtime
+	$(PY) -m app migrate
+	$(PY) -m app seed
+	@echo "Serving on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/docs)"
+	$(PY) -m app serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.dev
+	$(PY) -m pytest
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy app
+
+migrate: $(VENV)/.runtime
+	$(PY) -m app migrate
+
+seed: $(VENV)/.runtime
+	$(PY) -m app seed
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Park Investment Registry: an industrial park's investment projects, enterprises and targets."""

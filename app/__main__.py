@@ -1,0 +1,45 @@
+"""Command line: `python -m app serve|migrate|seed`."""
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Park Investment Registry")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    migrate_p = sub.add_parser("migrate", help="upgrade the database schema (default: to head)")
+    migrate_p.add_argument("revision", nargs="?", default="head")
+    seed = sub.add_parser("seed", help="load the seed data (idempotent)")
+    seed.add_argument("--check", action="store_true", help="report differences, write nothing")
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        import uvicorn
+
+        uvicorn.run(
+            "app.main:app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            proxy_headers=True,
+            timeout_graceful_shutdown=30,
+        )
+        return 0
+    if args.command == "migrate":
+        from app import migrate
+
+        migrate.upgrade(revision=args.revision)
+        return 0
+    if args.command == "seed":
+        from app import seed as seed_module
+
+        return seed_module.main(check=args.check)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The five operations every resource has, built from its `ResourceSpec`."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query, Response
+from pydantic import BaseModel
+
+from app.api.deps import IfMatch, IfNoneMatch, ReadSession, WriteSession
+from app.errors import responses
+from app.models.common import Page
+from app.services import records
+from app.services.records import ResourceSpec
+
+JSON = "application/json"
+
+
+def json_response(
+    spec: ResourceSpec, record: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    body = spec.public.model_validate(record).model_dump_json()
+    return Response(
+        body,
+        status_code=status,
+        media_type=JSON,
+        headers={"ETag": records.etag(record), **(headers or {})},
+    )
+
+
+def page_response(
+    page_model: Any, spec: ResourceSpec, rows: list[Any], cursor: str | None
+) -> Response:
+    items = [spec.public.model_validate(r) for r in rows]
+    return Response(
+        page_model.model_construct(items=items, next_cursor=cursor).model_dump_json(),
+        media_type=JSON,
+    )
+
+
+def tag(spec: ResourceSpec) -> str:
+    return f"{spec.title_zh} {spec.name.capitalize()}"
+
+
+def add_crud_routes(
+    router: APIRouter, spec: ResourceSpec, examples: dict[str, Any] | None = None
+) -> None:
+    Public: Any = spec.public
+    Create: Any = spec.create
+    Update: Any = spec.update
+    Filters: Any = spec.filters
+    page_model: Any = Page[Public]  # type: ignore[valid-type]
+    base = f"/{spec.name}"
+    item = f"{base}/{{id}}"
+    tags: list[str | Any] = [tag(spec)]
+    RecordId = Annotated[int, Path(alias="id", description=f"{spec.title_zh}编号", ge=1)]
+    create_examples = (
+        {"seed": {"summary": "示例（来自种子数据）", "value": examples}} if examples else None
+    )
+
+    @router.get(
+        base,
+        response_model=page_model,
+        tags=tags,
+        summary=f"列出{spec.title_zh}",
+        description=(
+            f"分页列出{spec.title_zh}：`limit` 每页条数（默认 50，最多 500，超出返回 422），"
+            "`cursor` 取上一页的 `next_cursor`，`sort` 排序，`q` 名称模糊搜索（支持中文），以及按字段筛选。"
+            f"可排序字段: {', '.join(spec.sort_fields)}。"
+        ),
+        operation_id=f"list_{spec.name}",
+        responses=responses(422),
+    )
+    async def list_records(session: ReadSession, params: Annotated[Filters, Query()]) -> Response:
+        rows, cursor = await records.list_page(session, spec, params)
+        return page_response(page_model, spec, rows, cursor)
+
+    @router.post(
+        base,
+        status_code=201,
+        response_model=Public,
+        tags=tags,
+        summary=f"新建{spec.title_zh}",
+        description="成功返回 201，`Location` 指向新记录，`ETag` 为其版本。",
+        operation_id=f"create_{spec.singular}",
+        responses=responses(409, 422),
+    )
+    async def create_record(
+        session: WriteSession, body: Annotated[Create, Body(openapi_examples=create_examples)]
+    ) -> Response:
+        record = await records.create(session, spec, body)
+        return json_response(spec, record, 201, {"Location": f"/api/v1{base}/{record.id}"})
+
+    @router.get(
+        item,
+        response_model=Public,
+        tags=tags,
+        summary=f"查看{spec.title_zh}",
+        description="返回 `ETag`；带 `If-None-Match` 且未变化时返回 304。已删除的记录返回 404。",
+        operation_id=f"get_{spec.singular}",
+        responses={**responses(404, 422), 304: {"description": "未变化 (not modified)"}},
+    )
+    async def get_record(
+        session: ReadSession, record_id: RecordId, if_none_match: IfNoneMatch
+    ) -> Response:
+        record = await records.get_live(session, spec, record_id)
+        if if_none_match is not None and (
+            "*" in if_none_match or records.etag(record) in if_none_match
+        ):
+            return Response(status_code=304, headers={"ETag": records.etag(record)})
+        return json_response(spec, record)
+
+    @router.patch(
+        item,
+        response_model=Public,
+        tags=tags,
+        summary=f"修改{spec.title_zh}（部分更新）",
+        description="只改请求里给出的字段；带 `If-Match` 时版本不符返回 412。内容未变则版本不变。",
+        operation_id=f"update_{spec.singular}",
+        responses=responses(404, 409, 412, 422),
+    )
+    async def update_record(
+        session: WriteSession,
+        record_id: RecordId,
+        body: Annotated[Update, Body()],
+        if_match: IfMatch,
+    ) -> Response:
+        record = await records.update(session, spec, record_id, body, if_match)
+        return json_response(spec, record)
+
+    @router.delete(
+        item,
+        status_code=204,
+        tags=tags,
+        summary=f"删除{spec.title_zh}（软删除）",
+        description="软删除：记录从列表和查询中消失，但保留墓碑供同步。仍有下级记录时返回 409 并列出它们。",
+        operation_id=f"delete_{spec.singular}",
+        responses=responses(404, 409, 412, 422),
+    )
+    async def delete_record(
+        session: WriteSession, record_id: RecordId, if_match: IfMatch
+    ) -> Response:
+        await records.delete(session, spec, record_id, if_match)
+        return Response(status_code=204)
+
+
+def model_example(model: type[BaseModel]) -> dict[str, Any]:
+    """An example body made of each field's first example (the seed data's own values)."""
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        examples = info.examples or extra.get("examples")
+        if examples:
+            out[name] = examples[0]
+    return out

@@ -1,0 +1,94 @@
+"""Engine and sessions: one async path for both engines (asyncpg, aiosqlite)."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
+
+
+def async_url(url: str | URL) -> URL:
+    """The same database, addressed through its async driver (`postgresql://` → asyncpg)."""
+    parsed = make_url(url)
+    backend = "postgresql" if parsed.get_backend_name() in ("postgresql", "postgres") else None
+    backend = backend or parsed.get_backend_name()
+    if backend not in ASYNC_DRIVERS:
+        raise ValueError(f"unsupported database: {backend} (use postgresql or sqlite)")
+    return parsed.set(drivername=f"{backend}+{ASYNC_DRIVERS[backend]}")
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" hook, not the driver, decide how a transaction starts.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # A deferred transaction that later upgrades to a write is not rescued by the busy timeout,
+    # so write transactions take the write lock up front.
+    immediate = conn.get_execution_options().get("sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 10) -> AsyncEngine:
+    target = async_url(url)
+    if target.get_backend_name() == "sqlite":
+        if target.database and target.database != ":memory:":
+            Path(target.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(target, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+        return engine
+    return create_async_engine(
+        target,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=False,
+        connect_args={"server_settings": {"application_name": "park-registry", "timezone": "UTC"}},
+    )
+
+
+class Database:
+    """The engine and its two session factories: reads, and writes (which lock up front)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.reader = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        self.writer = async_sessionmaker(
+            engine.execution_options(sqlite_immediate=True),
+            expire_on_commit=False,
+            autoflush=False,
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        async with self.reader() as session:
+            yield session
+
+    async def write_session(self) -> AsyncIterator[AsyncSession]:
+        async with self.writer() as session:
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

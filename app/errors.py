@@ -1,0 +1,190 @@
+"""Domain errors, and their one rendering: RFC 9457 `application/problem+json`."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("app.errors")
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "/problems/"
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="出错的字段 (dotted path; the offending field)")
+    location: str = Field(description="body / query / path / header")
+    message: str
+    index: int | None = Field(default=None, description="批量请求中出错项的序号 (batch item index)")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(examples=["/problems/validation-error"])
+    title: str = Field(examples=["Validation error"])
+    status: int = Field(examples=[422])
+    detail: str | None = None
+    instance: str | None = None
+    field: str | None = Field(
+        default=None, description="第一个出错的字段 (the first offending field)"
+    )
+    errors: list[FieldError] | None = None
+    children: dict[str, list[int]] | None = Field(
+        default=None, description="阻止删除的下级记录 (live records that block a delete)"
+    )
+
+
+class AppError(Exception):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.extra = extra or {}
+        self.headers = headers
+
+
+class NotFound(AppError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(AppError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PreconditionFailed(AppError):
+    status, slug, title = 412, "precondition-failed", "Precondition failed"
+
+
+class PreconditionRequired(AppError):
+    status, slug, title = 428, "precondition-required", "Precondition required"
+
+
+class Invalid(AppError):
+    """Input that parses but breaks a rule (a missing parent, a bad cursor, …)."""
+
+    status, slug, title = 422, "validation-error", "Validation error"
+
+    @classmethod
+    def field(cls, field: str, message: str, location: str = "body") -> "Invalid":
+        return cls(message, errors=[FieldError(field=field, location=location, message=message)])
+
+
+class ServiceUnavailable(AppError):
+    status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str | None,
+    *,
+    errors: list[FieldError] | None = None,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    if errors:
+        body["field"] = errors[0].field
+        body["errors"] = [e.model_dump(exclude_none=True) for e in errors]
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field_errors(exc: RequestValidationError) -> list[FieldError]:
+    out = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ())]
+        location = loc[0] if loc else "body"
+        path = loc[1:] if len(loc) > 1 else loc
+        message = str(err.get("msg", "invalid"))
+        if message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        out.append(FieldError(field=".".join(path) or location, location=location, message=message))
+    return out
+
+
+async def _on_app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return problem_response(
+        request,
+        exc.status,
+        exc.slug,
+        exc.title,
+        exc.detail,
+        errors=exc.errors,
+        extra=exc.extra,
+        headers=exc.headers,
+    )
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _field_errors(exc)
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+    return problem_response(
+        request, 422, "validation-error", "Validation error", detail, errors=errors
+    )
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed", 413: "Content too large"}
+    title = titles.get(exc.status_code, "Error")
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    slug = title.lower().replace(" ", "-")
+    return problem_response(
+        request, exc.status_code, slug, title, detail, headers=getattr(exc, "headers", None)
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Logged with its traceback for us; the client learns nothing about our internals.
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        request, 500, "internal-error", "Internal error", "An unexpected error occurred."
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _on_app_error)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for the problems an operation can answer."""
+    text = {
+        400: "请求有误 (bad request)",
+        404: "记录不存在 (not found)",
+        409: "冲突：唯一值重复或存在下级记录 (conflict)",
+        412: "If-Match 版本已过期 (stale version)",
+        422: "输入无效，指明字段 (validation error naming the field)",
+    }
+    return {
+        s: {"model": Problem, "description": text.get(s, "Problem"), "content": {PROBLEM_JSON: {}}}
+        for s in statuses
+    }

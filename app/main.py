@@ -1,0 +1,123 @@
+"""The ASGI application: `app.main:app`."""
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import context, errors, migrate
+from app.api import changes, crud, ops, projects
+from app.api.deps import DecimalRoute
+from app.config import Settings, get_settings
+from app.db import Database, make_engine
+from app.resources import ALL
+from app.services.project import HEADLINE_RULE
+
+API_PREFIX = "/api/v1"
+
+DESCRIPTION = f"""
+园区招商项目登记系统 —— 记录园区的招商项目、企业、产业链、投资额与目标。首个园区：枣庄高新区。
+
+The Park Investment Registry: an industrial park's investment projects, enterprises, industry
+chains, investment amounts and targets.
+
+**约定 Conventions**
+- 金额以元为单位、十进制字符串精确表示（如 `"3000000000.00"`），另附显示形式（如 `30亿元`）；
+  输入可用 `unit`: 元 / 万元 / 亿元。
+- 时间为 UTC，ISO 8601 带时区。每条记录有 `id`、`version`、`created_at`、`updated_at`、可选 `external_id`。
+- 列表：`limit`（默认 50，最多 500），`cursor` 游标翻页，`sort`，字段筛选，`q` 中文模糊搜索。
+- 写入：`POST` 返回 201 + `Location` + `ETag`；`PATCH` 部分更新；`If-Match` 版本不符返回 412；
+  `DELETE` 为软删除，有下级记录时返回 409。`GET` 支持 `If-None-Match` → 304。
+- 错误一律为 RFC 9457 `application/problem+json`，并指明出错字段。
+
+**总投资规则 Headline investment**: {HEADLINE_RULE}
+"""
+
+
+class RequestId:
+    """Gives every request an id (or keeps the caller's `X-Request-ID`) for logs and the audit."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:100]
+        rid = incoming or uuid.uuid4().hex
+        token = context.request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            context.request_id.reset(token)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
+        app.state.db = Database(engine)
+        app.state.schema_head = migrate.head_revision()
+        try:
+            yield
+        finally:
+            await app.state.db.dispose()
+
+    docs: dict[str, Any] = {} if settings.docs_enabled else {"docs_url": None, "redoc_url": None}
+    app = FastAPIOffline(
+        title="园区招商项目登记 Park Investment Registry",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        swagger_ui_parameters={
+            "docExpansion": "none",
+            "displayRequestDuration": True,
+            "tryItOutEnabled": False,
+        },
+        **docs,
+    )
+    if not settings.docs_enabled:
+        app.openapi_url = None
+    errors.install(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["ETag", "Location", "X-Request-ID"],
+        )
+    app.add_middleware(RequestId)
+
+    api = APIRouter(prefix=API_PREFIX, route_class=DecimalRoute)
+    api.include_router(projects.router)
+    api.include_router(changes.router)
+    for spec in ALL:
+        crud.add_crud_routes(api, spec, crud.model_example(spec.create))
+    app.include_router(api)
+    app.include_router(ops.router)
+    logging.getLogger("app").setLevel(settings.log_level.upper())
+    return app
+
+
+app = create_app()

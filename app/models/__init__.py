@@ -1,0 +1,23 @@
+"""Every table, imported so that `SQLModel.metadata` knows them all."""
+
+from app.models.chain import Chain
+from app.models.change import Change
+from app.models.common import metadata
+from app.models.enterprise import Enterprise
+from app.models.investment import Investment
+from app.models.park import Park
+from app.models.project import Project
+from app.models.source import Source
+from app.models.target import Target
+
+__all__ = [
+    "Chain",
+    "Change",
+    "Enterprise",
+    "Investment",
+    "Park",
+    "Project",
+    "Source",
+    "Target",
+    "metadata",
+]

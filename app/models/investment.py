@@ -1,0 +1,64 @@
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+
+from pydantic import computed_field
+from sqlalchemy import String
+from sqlmodel import Field
+
+from app.db_types import ExactDecimal
+from app.models.common import CreateModel, DecimalString, RecordColumns, RecordPublic
+from app.models.provenance import Provenance
+from app.money import MoneyUnit, display
+
+
+class InvestmentKind(StrEnum):
+    """planned_total 计划总投资, annual_plan 年度计划, completed 已完成, reported 报道"""
+
+    planned_total = "planned_total"
+    annual_plan = "annual_plan"
+    completed = "completed"
+    reported = "reported"
+
+
+class Currency(StrEnum):
+    CNY = "CNY"
+
+
+KIND_DOC = (
+    "类型: planned_total 计划总投资 / annual_plan 年度计划 / completed 已完成 / reported 报道"
+)
+
+
+class InvestmentBase(Provenance):
+    project_id: int = Field(foreign_key="project.id", index=True, description="所属项目编号")
+    kind: InvestmentKind = Field(
+        sa_type=String(20), description=KIND_DOC, schema_extra={"examples": ["planned_total"]}
+    )
+    currency: Currency = Field(default=Currency.CNY, sa_type=String(3), description="币种，仅 CNY")
+    as_of_date: date | None = Field(default=None, description="截至日期")
+
+
+class Investment(InvestmentBase, RecordColumns, table=True):
+    __tablename__ = "investment"
+
+    amount: Decimal = Field(sa_type=ExactDecimal(18, 2))
+
+
+AMOUNT_IN_DOC = '金额，按 unit 换算成元后须精确到分，不可为负；可写字符串或数字，如 "30"'
+
+
+class InvestmentCreate(InvestmentBase, CreateModel):
+    amount: Decimal = Field(description=AMOUNT_IN_DOC, schema_extra={"examples": ["30"]})
+    unit: MoneyUnit = Field(default=MoneyUnit.YUAN, description="金额单位: 元 / 万元 / 亿元")
+
+
+class InvestmentPublic(InvestmentBase, RecordPublic):
+    amount: DecimalString = Field(
+        description="金额（元）", schema_extra={"examples": ["3000000000.00"]}
+    )
+
+    @computed_field(description="显示形式", examples=["30亿元"])  # type: ignore[prop-decorator]
+    @property
+    def amount_display(self) -> str | None:
+        return display(self.amount)

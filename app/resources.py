@@ -1,0 +1,264 @@
+"""The seven resources, declared: what each stores, how it is listed, what it hangs from."""
+
+from decimal import Decimal
+from typing import Any
+
+from pydantic import Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import FieldError, Invalid
+from app.models.chain import Chain, ChainCreate, ChainPublic, ChainRole
+from app.models.common import ListParams, partial
+from app.models.enterprise import Enterprise, EnterpriseCreate, EnterprisePublic
+from app.models.investment import Investment, InvestmentCreate, InvestmentKind, InvestmentPublic
+from app.models.park import Park, ParkCreate, ParkLevel, ParkPublic
+from app.models.project import Project, ProjectCreate, ProjectPublic, Stage
+from app.models.source import Source, SourceCreate, SourcePublic
+from app.models.target import Metric, Recurrence, Target, TargetCreate, TargetPublic
+from app.money import MoneyUnit, to_yuan
+from app.services import project as project_service
+from app.services.records import Child, ResourceSpec, log_change
+
+COMMON_SORT = ("id", "created_at", "updated_at")
+
+
+# ---------------------------------------------------------------- rules
+
+
+async def same_park(session: AsyncSession, record: Any, data: dict[str, Any]) -> None:
+    """A chain, enterprise or project referred to must belong to the record's own park."""
+    park_id = data.get("park_id", getattr(record, "park_id", None))
+    errors = []
+    for fk, model in (("chain_id", Chain), ("enterprise_id", Enterprise)):
+        if fk not in data and not (record is not None and "park_id" in data):
+            continue
+        ref = data.get(fk, getattr(record, fk, None))
+        if ref is None:
+            continue
+        other_park = await session.scalar(select(model.park_id).where(model.id == ref))
+        if other_park is not None and other_park != park_id:
+            errors.append(
+                FieldError(
+                    field=fk,
+                    location="body",
+                    message=f"{fk} {ref} belongs to park {other_park}, not park {park_id}",
+                )
+            )
+    if errors:
+        raise Invalid("; ".join(e.message for e in errors), errors=errors)
+
+
+async def investment_amount(session: AsyncSession, record: Any, data: dict[str, Any]) -> None:
+    """`amount` + `unit` on input → exact yuan in `amount`; the unit itself is not stored."""
+    unit = data.pop("unit", None)
+    if "amount" not in data:
+        if unit is not None:
+            raise Invalid.field("unit", "unit applies to an amount; send amount with it")
+        return
+    if data["amount"] is None:
+        raise Invalid.field("amount", "amount cannot be null")
+    try:
+        data["amount"] = to_yuan(Decimal(data["amount"]), MoneyUnit(unit or MoneyUnit.YUAN))
+    except ValueError as exc:
+        raise Invalid.field("amount", str(exc)) from exc
+
+
+async def investment_written(session: AsyncSession, record: Any, before: Any) -> None:
+    """An investment record moves its project's headline: recompute, and feed that change too."""
+    project_ids = {record.project_id} | ({before.project_id} if before is not None else set())
+    for project_id in sorted(project_ids):
+        project = await project_service.refresh_totals(session, project_id)
+        if project is not None:
+            await log_change(session, PROJECTS, project, "update")
+
+
+# ---------------------------------------------------------------- filters
+
+
+class SourceFilters(ListParams):
+    publisher: str | None = Field(default=None, description="发布者")
+
+
+class ParkFilters(ListParams):
+    level: ParkLevel | None = Field(default=None, description="级别")
+    province: str | None = Field(default=None, description="省份")
+    city: str | None = Field(default=None, description="城市")
+
+
+class ChainFilters(ListParams):
+    park_id: int | None = Field(default=None, description="园区编号")
+    role: ChainRole | None = Field(default=None, description="定位 leading/pillar/sector/other")
+    code: str | None = Field(default=None, description="代码")
+
+
+class EnterpriseFilters(ListParams):
+    park_id: int | None = Field(default=None, description="园区编号")
+    chain_id: int | None = Field(default=None, description="产业链编号")
+    credit_code: str | None = Field(default=None, description="统一社会信用代码")
+    is_high_tech: bool | None = Field(default=None, description="高新技术企业")
+    is_above_scale: bool | None = Field(default=None, description="规上企业")
+    is_leading: bool | None = Field(default=None, description="头部企业")
+    landed_year: int | None = Field(default=None, description="落地年份")
+
+
+class ProjectFilters(ListParams):
+    park_id: int | None = Field(default=None, description="园区编号")
+    chain_id: int | None = Field(default=None, description="产业链编号")
+    enterprise_id: int | None = Field(default=None, description="企业编号")
+    stage: Stage | None = Field(default=None, description="阶段，如 signed 签约")
+    is_key: bool | None = Field(default=None, description="重点项目")
+    year: int | None = Field(default=None, description="年度")
+    code: str | None = Field(default=None, description="项目代码")
+    investment_conflict: bool | None = Field(default=None, description="投资额有冲突")
+    min_investment: Decimal | None = Field(default=None, ge=0, description="总投资下限（元，含）")
+    max_investment: Decimal | None = Field(default=None, ge=0, description="总投资上限（元，含）")
+
+
+class InvestmentFilters(ListParams):
+    project_id: int | None = Field(default=None, description="项目编号")
+    kind: InvestmentKind | None = Field(default=None, description="类型")
+    source_id: int | None = Field(default=None, description="来源编号")
+
+
+class TargetFilters(ListParams):
+    park_id: int | None = Field(default=None, description="园区编号")
+    chain_id: int | None = Field(default=None, description="产业链编号")
+    metric: Metric | None = Field(default=None, description="指标")
+    recurrence: Recurrence | None = Field(default=None, description="周期")
+
+
+# ---------------------------------------------------------------- the resources
+
+SOURCES = ResourceSpec(
+    name="sources",
+    singular="source",
+    title_zh="来源",
+    model=Source,
+    public=SourcePublic,
+    create=SourceCreate,
+    update=partial(SourceCreate, "SourceUpdate"),
+    filters=SourceFilters,
+    sort_fields=(*COMMON_SORT, "title", "published_date"),
+    search_fields=("title", "publisher"),
+    children=(
+        Child("parks", Park, "source_id"),
+        Child("chains", Chain, "source_id"),
+        Child("enterprises", Enterprise, "source_id"),
+        Child("projects", Project, "source_id"),
+        Child("investments", Investment, "source_id"),
+        Child("targets", Target, "source_id"),
+    ),
+)
+
+PARKS = ResourceSpec(
+    name="parks",
+    singular="park",
+    title_zh="园区",
+    model=Park,
+    public=ParkPublic,
+    create=ParkCreate,
+    update=partial(ParkCreate, "ParkUpdate"),
+    filters=ParkFilters,
+    sort_fields=(*COMMON_SORT, "name", "level"),
+    parents={"source_id": Source},
+    children=(
+        Child("chains", Chain, "park_id"),
+        Child("enterprises", Enterprise, "park_id"),
+        Child("projects", Project, "park_id"),
+        Child("targets", Target, "park_id"),
+    ),
+    unique=(("external_id",), ("name",)),
+)
+
+CHAINS = ResourceSpec(
+    name="chains",
+    singular="chain",
+    title_zh="产业链",
+    model=Chain,
+    public=ChainPublic,
+    create=ChainCreate,
+    update=partial(ChainCreate, "ChainUpdate"),
+    filters=ChainFilters,
+    sort_fields=(*COMMON_SORT, "name", "code", "role"),
+    search_fields=("name", "name_en", "code"),
+    parents={"park_id": Park, "source_id": Source},
+    children=(
+        Child("enterprises", Enterprise, "chain_id"),
+        Child("projects", Project, "chain_id"),
+        Child("targets", Target, "chain_id"),
+    ),
+    unique=(("external_id",), ("park_id", "code")),
+)
+
+ENTERPRISES = ResourceSpec(
+    name="enterprises",
+    singular="enterprise",
+    title_zh="企业",
+    model=Enterprise,
+    public=EnterprisePublic,
+    create=EnterpriseCreate,
+    update=partial(EnterpriseCreate, "EnterpriseUpdate"),
+    filters=EnterpriseFilters,
+    sort_fields=(*COMMON_SORT, "name", "landed_year"),
+    search_fields=("name", "credit_code"),
+    parents={"park_id": Park, "chain_id": Chain, "source_id": Source},
+    children=(Child("projects", Project, "enterprise_id"),),
+    unique=(("external_id",), ("credit_code",)),
+    validate=same_park,
+)
+
+PROJECTS = ResourceSpec(
+    name="projects",
+    singular="project",
+    title_zh="项目",
+    model=Project,
+    public=ProjectPublic,
+    create=ProjectCreate,
+    update=partial(ProjectCreate, "ProjectUpdate"),
+    filters=ProjectFilters,
+    sort_fields=(*COMMON_SORT, "name", "year", "stage", "total_investment", "code"),
+    search_fields=("name", "code"),
+    parents={"park_id": Park, "chain_id": Chain, "enterprise_id": Enterprise, "source_id": Source},
+    children=(Child("investments", Investment, "project_id"),),
+    unique=(("external_id",), ("code",)),
+    filter_ops={
+        "min_investment": lambda v: Project.total_investment >= v,
+        "max_investment": lambda v: Project.total_investment <= v,
+    },
+    validate=same_park,
+)
+
+INVESTMENTS = ResourceSpec(
+    name="investments",
+    singular="investment",
+    title_zh="投资额",
+    model=Investment,
+    public=InvestmentPublic,
+    create=InvestmentCreate,
+    update=partial(InvestmentCreate, "InvestmentUpdate"),
+    filters=InvestmentFilters,
+    sort_fields=(*COMMON_SORT, "amount", "as_of_date", "kind"),
+    search_fields=("quote", "note"),
+    parents={"project_id": Project, "source_id": Source},
+    prepare=investment_amount,
+    after_write=investment_written,
+)
+
+TARGETS = ResourceSpec(
+    name="targets",
+    singular="target",
+    title_zh="目标",
+    model=Target,
+    public=TargetPublic,
+    create=TargetCreate,
+    update=partial(TargetCreate, "TargetUpdate"),
+    filters=TargetFilters,
+    sort_fields=(*COMMON_SORT, "metric", "period_start_year"),
+    search_fields=("quote", "note", "unit"),
+    parents={"park_id": Park, "chain_id": Chain, "source_id": Source},
+    validate=same_park,
+)
+
+ALL = (PARKS, CHAINS, ENTERPRISES, PROJECTS, INVESTMENTS, TARGETS, SOURCES)
+BY_NAME = {spec.name: spec for spec in ALL}

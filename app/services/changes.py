@@ -1,0 +1,52 @@
+"""The change log: one row per write, in the write's own transaction, in commit order."""
+
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import context
+from app.db_types import utcnow
+from app.models.change import Change
+
+# PostgreSQL hands out sequence values at insert but makes rows visible at commit, so a poller
+# could pass seq 10 before seq 9 commits. Holding this transaction-scoped lock from the first
+# change row to commit makes seq order equal commit order. SQLite writers are serial anyway.
+_FEED_LOCK = 0x5EED
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    resource: str,
+    record_id: int,
+    external_id: str | None,
+    op: str,
+    version: int,
+    data: dict[str, Any] | None,
+) -> None:
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FEED_LOCK})
+    session.add(
+        Change(
+            resource=resource,
+            record_id=record_id,
+            external_id=external_id,
+            op=op,
+            version=version,
+            changed_at=utcnow(),
+            actor=context.actor.get(),
+            request_id=context.request_id.get(),
+            data=data,
+        )
+    )
+
+
+async def after(
+    session: AsyncSession, seq: int, limit: int, resource: str | None = None
+) -> list[Change]:
+    stmt = select(Change).where(Change.seq > seq)  # type: ignore[operator]
+    if resource is not None:
+        stmt = stmt.where(Change.resource == resource)
+    stmt = stmt.order_by(Change.seq).limit(limit)  # type: ignore[arg-type]
+    return list(await session.scalars(stmt))

@@ -1,0 +1,396 @@
+"""The mechanics every resource shares, written once: read, list (keyset), versioned writes,
+soft deletes, parent and child checks, and the change log. A resource opts in by declaring a
+`ResourceSpec`; its own rules plug in as hooks."""
+
+import base64
+import binascii
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, and_, false, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import UnaryExpression
+from sqlmodel import SQLModel
+
+from app.db_types import ExactDecimal, UTCDateTime, utcnow
+from app.errors import Conflict, FieldError, Invalid, NotFound, PreconditionFailed
+from app.models.common import ListParams
+from app.services import changes
+
+Hook = Callable[[AsyncSession, Any, dict[str, Any]], Awaitable[None]]
+AfterHook = Callable[[AsyncSession, Any, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Child:
+    resource: str
+    model: type[SQLModel]
+    fk: str
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    name: str  # path segment and change-feed name, e.g. "projects"
+    singular: str
+    title_zh: str
+    model: type[SQLModel]
+    public: type[SQLModel]
+    create: type[SQLModel]
+    update: type[BaseModel]
+    filters: type[ListParams]
+    sort_fields: tuple[str, ...]
+    search_fields: tuple[str, ...] = ("name",)
+    parents: dict[str, type[SQLModel]] = field(default_factory=dict)
+    children: tuple[Child, ...] = ()
+    unique: tuple[tuple[str, ...], ...] = (("external_id",),)
+    # Filters that are not "column = value": name → builder of the condition.
+    filter_ops: dict[str, Callable[[Any], ColumnElement[bool]]] = field(default_factory=dict)
+    # Turns validated input into column values (e.g. 30 亿元 → 3000000000.00); may raise Invalid.
+    prepare: Hook | None = None
+    # Checks that need the database (e.g. a chain of the same park).
+    validate: Hook | None = None
+    # Runs after a write is flushed: (session, record, previous values or None).
+    after_write: AfterHook | None = None
+
+    def column(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def to_public(self, record: Any) -> dict[str, Any]:
+        return self.public.model_validate(record).model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- reading
+
+
+async def get_live(
+    session: AsyncSession, spec: ResourceSpec, record_id: int, *, lock: bool = False
+) -> Any:
+    stmt = select(spec.model).where(
+        spec.column("id") == record_id, spec.column("deleted_at").is_(None)
+    )
+    if lock:
+        stmt = stmt.with_for_update()
+    record = (await session.execute(stmt)).scalar_one_or_none()
+    if record is None:
+        raise NotFound(f"{spec.singular} {record_id} does not exist")
+    return record
+
+
+def _parse_sort(spec: ResourceSpec, sort: str | None) -> list[tuple[str, bool]]:
+    keys: list[tuple[str, bool]] = []
+    for raw in (sort or "id").split(","):
+        part = raw.strip()
+        desc = part.startswith("-")
+        name = part.lstrip("-+")
+        if name not in spec.sort_fields:
+            allowed = ", ".join(spec.sort_fields)
+            raise Invalid.field(
+                "sort", f"cannot sort by '{name}'; sortable fields: {allowed}", "query"
+            )
+        if any(k == name for k, _ in keys):
+            raise Invalid.field("sort", f"'{name}' appears twice", "query")
+        keys.append((name, desc))
+    if not any(k == "id" for k, _ in keys):
+        keys.append(("id", False))  # a unique last key makes the order total
+    return keys
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _decode_value(column: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(column.type, UTCDateTime):
+        return datetime.fromisoformat(value)
+    if isinstance(column.type, ExactDecimal):
+        return Decimal(value)
+    return value
+
+
+def _encode_cursor(sort: str, values: list[Any]) -> str:
+    raw = json.dumps({"s": sort, "v": [_encode_value(v) for v in values]}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(
+    spec: ResourceSpec, cursor: str, sort: str, keys: list[tuple[str, bool]]
+) -> list[Any]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if raw["s"] != sort or len(raw["v"]) != len(keys):
+            raise Invalid.field("cursor", "this cursor belongs to another sort order", "query")
+        return [
+            _decode_value(spec.column(k).expression, v)
+            for (k, _), v in zip(keys, raw["v"], strict=True)
+        ]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise Invalid.field("cursor", "not a cursor this API issued", "query") from exc
+
+
+def _order(column: Any, desc: bool) -> UnaryExpression[Any]:
+    # desc is the exact reverse of asc (nulls last), so the keyset below is one formula.
+    return column.desc().nulls_first() if desc else column.asc().nulls_last()
+
+
+def _after(column: Any, desc: bool, value: Any) -> ColumnElement[bool]:
+    """Rows strictly after `value` in this key's order."""
+    if value is None:
+        return column.is_not(None) if desc else false()
+    if desc:
+        return column < value
+    return or_(column > value, column.is_(None))
+
+
+def _equal(column: Any, value: Any) -> ColumnElement[bool]:
+    return column.is_(None) if value is None else column == value
+
+
+def _keyset(
+    spec: ResourceSpec, keys: list[tuple[str, bool]], values: list[Any]
+) -> ColumnElement[bool]:
+    clauses = []
+    for i, (name, desc) in enumerate(keys):
+        same = [_equal(spec.column(k), v) for (k, _), v in zip(keys[:i], values[:i], strict=True)]
+        clauses.append(and_(*same, _after(spec.column(name), desc, values[i])))
+    return or_(*clauses)
+
+
+def filter_conditions(spec: ResourceSpec, params: ListParams) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if not params.include_deleted:
+        conditions.append(spec.column("deleted_at").is_(None))
+    if params.updated_after is not None:
+        conditions.append(spec.column("updated_at") > params.updated_after)
+    if params.q:
+        conditions.append(
+            or_(*(spec.column(c).icontains(params.q, autoescape=True) for c in spec.search_fields))
+        )
+    common = set(ListParams.model_fields) - {"external_id"}
+    for name in params.model_fields_set - common:
+        value = getattr(params, name)
+        if value is None:
+            continue
+        op = spec.filter_ops.get(name)
+        conditions.append(op(value) if op else spec.column(name) == value)
+    return conditions
+
+
+async def list_page(
+    session: AsyncSession,
+    spec: ResourceSpec,
+    params: ListParams,
+    extra: Sequence[ColumnElement[bool]] = (),
+) -> tuple[list[Any], str | None]:
+    keys = _parse_sort(spec, params.sort)
+    sort = ",".join(("-" if d else "") + k for k, d in keys)
+    stmt = select(spec.model).where(*filter_conditions(spec, params), *extra)
+    if params.cursor:
+        stmt = stmt.where(_keyset(spec, keys, _decode_cursor(spec, params.cursor, sort, keys)))
+    stmt = stmt.order_by(*(_order(spec.column(k), d) for k, d in keys)).limit(params.limit + 1)
+    rows = list((await session.execute(stmt)).scalars())
+    if len(rows) <= params.limit:
+        return rows, None
+    rows = rows[: params.limit]
+    return rows, _encode_cursor(sort, [getattr(rows[-1], k) for k, _ in keys])
+
+
+# ---------------------------------------------------------------- writing
+
+
+def check_version(record: Any, if_match: list[str] | None) -> None:
+    """`If-Match` holds the ETags the client is willing to overwrite; `*` matches any."""
+    if if_match is None or "*" in if_match:
+        return
+    if etag(record) not in if_match:
+        raise PreconditionFailed(
+            f"version {record.version} is current; the request was made against {', '.join(if_match)}",
+            headers={"ETag": etag(record)},
+        )
+
+
+def etag(record: Any) -> str:
+    return f'"{record.version}"'
+
+
+async def _check_parents(session: AsyncSession, spec: ResourceSpec, data: dict[str, Any]) -> None:
+    errors = []
+    for fk, parent in spec.parents.items():
+        parent_id = data.get(fk)
+        if parent_id is None:
+            continue
+        found = await session.scalar(
+            select(parent.id).where(parent.id == parent_id, parent.deleted_at.is_(None))  # type: ignore[attr-defined]
+        )
+        if found is None:
+            name = parent.__tablename__
+            errors.append(
+                FieldError(field=fk, location="body", message=f"{name} {parent_id} does not exist")
+            )
+    if errors:
+        raise Invalid("; ".join(e.message for e in errors), errors=errors)
+
+
+async def _check_unique(
+    session: AsyncSession, spec: ResourceSpec, data: dict[str, Any], record_id: int | None
+) -> None:
+    for fields in spec.unique:
+        if not any(f in data for f in fields):
+            continue
+        values = {f: data.get(f) for f in fields}
+        if any(v is None for v in values.values()):
+            continue
+        stmt = select(spec.column("id")).where(*(spec.column(f) == v for f, v in values.items()))
+        if record_id is not None:
+            stmt = stmt.where(spec.column("id") != record_id)
+        other = await session.scalar(stmt.limit(1))
+        if other is not None:
+            shown = ", ".join(f"{f}={v}" for f, v in values.items())
+            raise Conflict(
+                f"another {spec.singular} ({other}) already has {shown}",
+                errors=[FieldError(field=fields[-1], location="body", message="already taken")],
+            )
+
+
+async def log_change(session: AsyncSession, spec: ResourceSpec, record: Any, op: str) -> None:
+    await changes.record(
+        session,
+        resource=spec.name,
+        record_id=record.id,
+        external_id=record.external_id,
+        op=op,
+        version=record.version,
+        data=None if op == "delete" else spec.to_public(record),
+    )
+
+
+async def _commit(session: AsyncSession, spec: ResourceSpec) -> None:
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        # Pre-checks catch what they can; a concurrent writer can still win the race.
+        await session.rollback()
+        raise Conflict(
+            f"the {spec.singular} conflicts with a record written at the same time"
+        ) from exc
+
+
+async def create(session: AsyncSession, spec: ResourceSpec, body: BaseModel) -> Any:
+    data = body.model_dump(exclude_unset=True)
+    if spec.prepare:
+        await spec.prepare(session, None, data)
+    await _check_parents(session, spec, data)
+    if spec.validate:
+        await spec.validate(session, None, data)
+    await _check_unique(session, spec, data, None)
+    now = utcnow()
+    record = spec.model(**data, version=1, created_at=now, updated_at=now)
+    session.add(record)
+    await session.flush()
+    if spec.after_write:
+        await spec.after_write(session, record, None)
+    await log_change(session, spec, record, "create")
+    await _commit(session, spec)
+    return record
+
+
+def _snapshot(record: Any) -> Any:
+    return type(record).model_construct(**{c: getattr(record, c) for c in record.__table__.columns})
+
+
+async def update(
+    session: AsyncSession,
+    spec: ResourceSpec,
+    record_id: int,
+    body: BaseModel,
+    if_match: list[str] | None,
+) -> Any:
+    record = await get_live(session, spec, record_id, lock=True)
+    check_version(record, if_match)
+    data = body.model_dump(exclude_unset=True)
+    if spec.prepare:
+        await spec.prepare(session, record, data)
+    changed = {k: v for k, v in data.items() if getattr(record, k) != v}
+    if not changed:
+        return record  # nothing differs: no new version, no change to feed
+    await _check_parents(session, spec, changed)
+    if spec.validate:
+        await spec.validate(session, record, changed)
+    await _check_unique(session, spec, changed, record.id)
+    before = _snapshot(record)
+    for key, value in changed.items():
+        setattr(record, key, value)
+    record.version += 1
+    record.updated_at = utcnow()
+    await session.flush()
+    if spec.after_write:
+        await spec.after_write(session, record, before)
+    await log_change(session, spec, record, "update")
+    await _commit(session, spec)
+    return record
+
+
+async def live_children(
+    session: AsyncSession, spec: ResourceSpec, record_id: int
+) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for child in spec.children:
+        model: Any = child.model
+        ids = (
+            await session.scalars(
+                select(model.id)
+                .where(getattr(model, child.fk) == record_id, model.deleted_at.is_(None))
+                .order_by(model.id)
+                .limit(20)
+            )
+        ).all()
+        if ids:
+            found[child.resource] = list(ids)
+    return found
+
+
+async def delete(
+    session: AsyncSession, spec: ResourceSpec, record_id: int, if_match: list[str] | None
+) -> Any:
+    record = await get_live(session, spec, record_id, lock=True)
+    check_version(record, if_match)
+    blocking = await live_children(session, spec, record_id)
+    if blocking:
+        named = "; ".join(f"{name}: {', '.join(map(str, ids))}" for name, ids in blocking.items())
+        raise Conflict(
+            f"{spec.singular} {record_id} still has live records ({named}); delete or move them first",
+            extra={"children": blocking},
+        )
+    before = _snapshot(record)
+    now = utcnow()
+    record.deleted_at = now
+    record.updated_at = now
+    record.version += 1
+    await session.flush()
+    if spec.after_write:
+        await spec.after_write(session, record, before)
+    await log_change(session, spec, record, "delete")
+    await _commit(session, spec)
+    return record
+
+
+async def count_live(
+    session: AsyncSession, spec: ResourceSpec, *conditions: ColumnElement[bool]
+) -> int:
+    stmt = (
+        select(func.count())
+        .select_from(spec.model)
+        .where(spec.column("deleted_at").is_(None), *conditions)
+    )
+    return int(await session.scalar(stmt) or 0)

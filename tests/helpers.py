@@ -1,0 +1,46 @@
+"""Small builders shared by the tests: records created through the API, as a client would."""
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+API = "/api/v1"
+
+
+def post(
+    client: TestClient, resource: str, body: dict[str, Any], status: int = 201
+) -> dict[str, Any]:
+    response = client.post(f"{API}/{resource}", json=body)
+    assert response.status_code == status, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def make_park(client: TestClient, name: str = "枣庄高新区", **extra: Any) -> dict[str, Any]:
+    return post(client, "parks", {"name": name, "level": "national", "city": "枣庄市", **extra})
+
+
+def make_chain(
+    client: TestClient, park_id: int, code: str = "big-data", name: str = "大数据", **extra: Any
+) -> dict[str, Any]:
+    return post(
+        client,
+        "chains",
+        {"park_id": park_id, "code": code, "name": name, "role": "pillar", **extra},
+    )
+
+
+def make_project(
+    client: TestClient, park_id: int, name: str = "鲁南大数据中心", **extra: Any
+) -> dict[str, Any]:
+    return post(client, "projects", {"park_id": park_id, "name": name, "stage": "signed", **extra})
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    for leak in ("Traceback", "sqlalchemy", "SELECT ", "/work/", ".py"):
+        assert leak not in response.text
+    return body

@@ -1,0 +1,123 @@
+"""Versions, ETags, conditional requests, soft deletes and the change log."""
+
+from fastapi.testclient import TestClient
+
+from tests.helpers import API, make_chain, make_park, make_project, post, problem
+
+
+def test_etag_and_conditional_requests(client: TestClient) -> None:
+    park = make_park(client)
+    url = f"{API}/parks/{park['id']}"
+    first = client.get(url)
+    assert first.headers["etag"] == '"1"'
+    not_modified = client.get(url, headers={"If-None-Match": '"1"'})
+    assert not_modified.status_code == 304 and not_modified.headers["etag"] == '"1"'
+    assert client.get(url, headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    assert client.get(url, headers={"If-None-Match": '"7"'}).status_code == 200
+
+    ok = client.patch(url, json={"city": "枣庄"}, headers={"If-Match": '"1"'})
+    assert ok.status_code == 200 and ok.headers["etag"] == '"2"'
+    stale = problem(client.patch(url, json={"city": "滕州"}, headers={"If-Match": '"1"'}), 412)
+    assert "version 2" in stale["detail"]
+    assert client.get(url).json()["city"] == "枣庄"  # the stale write changed nothing
+    problem(client.delete(url, headers={"If-Match": '"1"'}), 412)
+    assert client.get(url, headers={"If-None-Match": '"1"'}).status_code == 200
+
+
+def test_patch_that_changes_nothing_keeps_the_version(client: TestClient) -> None:
+    park = make_park(client)
+    same = client.patch(f"{API}/parks/{park['id']}", json={"name": park["name"]})
+    assert same.status_code == 200 and same.json()["version"] == 1
+
+
+def test_soft_delete_leaves_a_tombstone(client: TestClient) -> None:
+    park = make_park(client)
+    project = make_project(client, park["id"])
+    assert client.delete(f"{API}/projects/{project['id']}").status_code == 204
+    problem(client.get(f"{API}/projects/{project['id']}"), 404)
+    assert client.get(f"{API}/projects").json()["items"] == []
+    tombstones = client.get(f"{API}/projects", params={"include_deleted": "true"}).json()["items"]
+    assert [t["id"] for t in tombstones] == [project["id"]]
+    assert tombstones[0]["deleted_at"] is not None and tombstones[0]["version"] == 2
+    problem(client.delete(f"{API}/projects/{project['id']}"), 404)
+    problem(client.patch(f"{API}/projects/{project['id']}", json={"name": "复活"}), 404)
+
+
+def test_delete_with_live_children_is_refused_and_names_them(client: TestClient) -> None:
+    park = make_park(client)
+    chain = make_chain(client, park["id"])
+    p1 = make_project(client, park["id"], chain_id=chain["id"])
+    p2 = make_project(client, park["id"], name="另一个项目", chain_id=chain["id"])
+    body = problem(client.delete(f"{API}/chains/{chain['id']}"), 409)
+    assert body["children"] == {"projects": [p1["id"], p2["id"]]}
+    assert client.get(f"{API}/chains/{chain['id']}").status_code == 200
+    body = problem(client.delete(f"{API}/parks/{park['id']}"), 409)
+    assert set(body["children"]) == {"chains", "projects"}
+    for p in (p1, p2):
+        client.delete(f"{API}/projects/{p['id']}")
+    assert client.delete(f"{API}/chains/{chain['id']}").status_code == 204
+
+
+def test_unique_values_conflict_with_409_naming_the_field(client: TestClient) -> None:
+    park = make_park(client, external_id="zz-park")
+    body = problem(
+        client.post(
+            f"{API}/parks", json={"name": "别的", "level": "other", "external_id": "zz-park"}
+        ),
+        409,
+    )
+    assert body["field"] == "external_id"
+    make_chain(client, park["id"], code="lithium")
+    body = problem(
+        client.post(
+            f"{API}/chains",
+            json={"park_id": park["id"], "code": "lithium", "name": "锂电", "role": "leading"},
+        ),
+        409,
+    )
+    assert body["field"] == "code"
+
+
+def test_investment_writes_move_the_project_headline(client: TestClient) -> None:
+    park = make_park(client)
+    project = make_project(client, park["id"])
+    url = f"{API}/projects/{project['id']}"
+    inv = post(
+        client,
+        "investments",
+        {"project_id": project["id"], "kind": "reported", "amount": "2", "unit": "亿元"},
+    )
+    assert client.get(url).json()["total_investment"] == "200000000.00"
+    planned = post(
+        client,
+        "investments",
+        {"project_id": project["id"], "kind": "planned_total", "amount": "3", "unit": "亿元"},
+    )
+    got = client.get(url).json()
+    assert (got["total_investment"], got["investment_conflict"]) == ("300000000.00", True)
+    client.patch(f"{API}/investments/{inv['id']}", json={"amount": "3", "unit": "亿元"})
+    assert client.get(url).json()["investment_conflict"] is False
+    client.delete(f"{API}/investments/{planned['id']}")
+    client.delete(f"{API}/investments/{inv['id']}")
+    got = client.get(url).json()
+    assert (got["total_investment"], got["investment_conflict"]) == (None, False)
+    assert got["version"] > 1  # every change of the derived figures is a new version
+
+
+def test_every_write_lands_in_the_change_feed(client: TestClient) -> None:
+    park = make_park(client, external_id="zz")
+    client.patch(f"{API}/parks/{park['id']}", json={"city": "枣庄"})
+    client.delete(f"{API}/parks/{park['id']}")
+    feed = client.get(f"{API}/changes", params={"after": 0}).json()
+    ops = [(c["resource"], c["id"], c["external_id"], c["op"], c["version"]) for c in feed["items"]]
+    assert ops == [
+        ("parks", park["id"], "zz", "create", 1),
+        ("parks", park["id"], "zz", "update", 2),
+        ("parks", park["id"], "zz", "delete", 3),
+    ]
+    assert feed["items"][1]["data"]["city"] == "枣庄"
+    assert feed["items"][2]["data"] is None  # a tombstone
+    seqs = [c["seq"] for c in feed["items"]]
+    assert seqs == sorted(seqs) and feed["last_seq"] == seqs[-1]
+    rest = client.get(f"{API}/changes", params={"after": seqs[0]}).json()
+    assert [c["seq"] for c in rest["items"]] == seqs[1:]
