@@ -306,7 +306,9 @@ async def create(session: AsyncSession, spec: ResourceSpec, body: BaseModel) -> 
 
 
 def _snapshot(record: Any) -> Any:
-    return type(record).model_construct(**{c: getattr(record, c) for c in record.__table__.columns})
+    return type(record).model_construct(
+        **{c.key: getattr(record, c.key) for c in record.__table__.columns}
+    )
 
 
 async def update(
