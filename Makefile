@@ -23,7 +23,7 @@ $(VENV)/.dev: requirements-dev.lock $(VENV)/.runtime
 
 run: $(VENV)/.runtime
 	$(PY) -m app migrate
-	$(PY) -m app seed
+	$(PY) -m app seed --if-empty
 	@echo "Serving on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/docs)"
 	$(PY) -m app serve --host $(HOST) --port $(PORT)
 

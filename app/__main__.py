@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     migrate_p.add_argument("revision", nargs="?", default="head")
     seed = sub.add_parser("seed", help="load the seed data (idempotent)")
     seed.add_argument("--check", action="store_true", help="report differences, write nothing")
+    seed.add_argument("--if-empty", action="store_true", help="load only into an empty database")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "seed":
         from app import seed as seed_module
 
-        return seed_module.main(check=args.check)
+        return seed_module.main(check=args.check, if_empty=args.if_empty)
     return 2
 
 

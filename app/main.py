@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import context, errors, migrate
-from app.api import changes, crud, ops, projects
+from app.api import changes, crud, ops, projects, stats, targets
 from app.api.deps import DecimalRoute
 from app.config import Settings, get_settings
 from app.db import Database, make_engine
@@ -112,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX, route_class=DecimalRoute)
     api.include_router(projects.router)
     api.include_router(changes.router)
+    api.include_router(targets.router)
+    api.include_router(stats.router)
     for spec in ALL:
         crud.add_crud_routes(api, spec, crud.model_example(spec.create))
     app.include_router(api)

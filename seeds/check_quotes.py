@@ -3,7 +3,7 @@
 
 Usage: python seeds/check_quotes.py [SEED_YAML] [ARTICLE_TXT]
 Defaults: seeds/zaozhuang.yaml beside this script, and
-/work/shared/source/000_4f659c39924bd0b0.txt (override with env SEED_ARTICLE).
+../shared/source/000_4f659c39924bd0b0.txt beside the repository (override with env SEED_ARTICLE).
 
 The article breaks lines mid-sentence, so ALL whitespace is removed from both the
 quote and the article before the substring test. Checked:
@@ -25,7 +25,9 @@ import yaml
 HERE = Path(__file__).resolve().parent
 DEFAULT_SEED = HERE / "zaozhuang.yaml"
 DEFAULT_ARTICLE = Path(
-    os.environ.get("SEED_ARTICLE", "/work/shared/source/000_4f659c39924bd0b0.txt")
+    os.environ.get(
+        "SEED_ARTICLE", HERE.parent.parent / "shared" / "source" / "000_4f659c39924bd0b0.txt"
+    )
 )
 WS = re.compile(r"\s+")
 NOTE_EXCERPT = re.compile(r"「([^「」]+)」")
