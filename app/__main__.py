@@ -16,6 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     seed = sub.add_parser("seed", help="load the seed data (idempotent)")
     seed.add_argument("--check", action="store_true", help="report differences, write nothing")
     seed.add_argument("--if-empty", action="store_true", help="load only into an empty database")
+    user = sub.add_parser("create-user", help="add a staff account")
+    user.add_argument("--username", required=True)
+    user.add_argument("--password", required=True)
+    user.add_argument("--role", choices=["viewer", "editor", "admin"], required=True)
+    token = sub.add_parser("create-token", help="create a service token (printed once)")
+    token.add_argument("--name", required=True)
+    token.add_argument("--scopes", required=True, help="comma-separated: read,write,admin")
+    token.add_argument("--expires-days", type=int, default=None)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -39,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from app import seed as seed_module
 
         return seed_module.main(check=args.check, if_empty=args.if_empty)
+    if args.command in ("create-user", "create-token"):
+        from app import accounts_cli
+
+        return accounts_cli.run(args)
     return 2
 
 

@@ -2,11 +2,14 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_SQLITE_PATH = PROJECT_DIR / "var" / "registry.db"
+DEV_SECRET = "dev-only-secret-change-me-in-production-0000"
 
 
 class Settings(BaseSettings):
@@ -18,9 +21,28 @@ class Settings(BaseSettings):
     db_max_overflow: int = 10
     docs_enabled: bool = True
     cors_origins: list[str] = []
-    page_max: int = 500
-    page_default: int = 50
     log_level: str = "info"
+
+    environment: Literal["development", "production"] = "development"
+    secret_key: str = DEV_SECRET
+    access_token_minutes: int = 30
+    # Reads without logging in; writes always need an editor.
+    public_read: bool = False
+    registry_admin_password: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    login_failures_per_minute: int = 10
+
+    @model_validator(mode="after")
+    def _safe_for_production(self) -> "Settings":
+        if not 1 <= self.access_token_minutes <= 30:
+            raise ValueError("ACCESS_TOKEN_MINUTES must be between 1 and 30")
+        if self.environment == "production" and (
+            self.secret_key == DEV_SECRET or len(self.secret_key) < 32
+        ):
+            raise ValueError(
+                "ENVIRONMENT=production needs its own SECRET_KEY of at least 32 characters"
+            )
+        return self
 
 
 @lru_cache

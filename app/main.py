@@ -12,11 +12,13 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import context, errors, migrate
-from app.api import changes, crud, ops, projects, stats, targets
+from app.api import auth, changes, crud, ops, projects, stats, targets
 from app.api.deps import DecimalRoute
 from app.config import Settings, get_settings
 from app.db import Database, make_engine
+from app.limits import BodyLimit
 from app.resources import ALL
+from app.services import user as user_service
 from app.services.project import HEADLINE_RULE
 
 API_PREFIX = "/api/v1"
@@ -78,13 +80,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.db = Database(engine)
         app.state.schema_head = migrate.head_revision()
+        generated = await user_service.ensure_admin(app.state.db, settings)
+        if generated:
+            # Printed once, to the console of whoever started the service; never logged.
+            print(
+                f"\n  Created user 'admin' with password: {generated}\n"
+                "  (shown once; set REGISTRY_ADMIN_PASSWORD to choose it)\n",
+                flush=True,
+            )
         try:
             yield
         finally:
             await app.state.db.dispose()
 
-    docs: dict[str, Any] = {} if settings.docs_enabled else {"docs_url": None, "redoc_url": None}
-    app = FastAPIOffline(
+    # Swagger UI and ReDoc served from this server (no CDN), or no documentation at all.
+    factory: Any = FastAPIOffline if settings.docs_enabled else FastAPI
+    docs: dict[str, Any] = (
+        {} if settings.docs_enabled else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    )
+    app = factory(
         title="园区招商项目登记 Park Investment Registry",
         version="1.0.0",
         description=DESCRIPTION,
@@ -93,23 +107,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "docExpansion": "none",
             "displayRequestDuration": True,
             "tryItOutEnabled": False,
+            "persistAuthorization": True,
         },
         **docs,
     )
-    if not settings.docs_enabled:
-        app.openapi_url = None
+    app.state.settings = settings
     errors.install(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
+            # Credentials only for named origins: "*" with credentials would reflect any origin.
+            allow_credentials="*" not in settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
             expose_headers=["ETag", "Location", "X-Request-ID"],
         )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
 
     api = APIRouter(prefix=API_PREFIX, route_class=DecimalRoute)
+    api.include_router(auth.router)
     api.include_router(projects.router)
     api.include_router(changes.router)
     api.include_router(targets.router)

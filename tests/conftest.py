@@ -19,8 +19,15 @@ from sqlalchemy.engine import make_url
 
 from app import migrate
 from app.config import Settings
+from app.db import Database, make_engine
 from app.main import create_app
+from app.models.user import Role, Scope, TokenCreate, UserCreate
+from app.services import user as user_service
 
+ADMIN_PASSWORD = "admin-password-for-tests"
+# Accounts in the template, so every fresh database has them without hashing anew.
+USERS = {"viewer": Role.viewer, "editor": Role.editor}
+TOKENS = {"admin": [Scope.admin], "read": [Scope.read], "write": [Scope.write]}
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ENGINES = ["sqlite", "postgresql"]
 
@@ -53,6 +60,27 @@ def _pg_available() -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+async def _bootstrap(url: str) -> dict[str, str]:
+    db = Database(make_engine(url, pool_size=1, max_overflow=0))
+    tokens: dict[str, str] = {}
+    try:
+        await user_service.ensure_admin(
+            db, Settings(database_url=url, registry_admin_password=ADMIN_PASSWORD)
+        )
+        async with db.writer() as session:
+            for name, role in USERS.items():
+                await user_service.create_user(
+                    session, UserCreate(username=name, password=f"{name}-password", role=role)
+                )
+            for name, scopes in TOKENS.items():
+                _, tokens[name] = await user_service.create_token(
+                    session, TokenCreate(name=f"test-{name}", scopes=scopes), "tests"
+                )
+    finally:
+        await db.dispose()
+    return tokens
+
+
 class DatabaseFactory:
     """Fresh databases of one engine, each a copy of one migrated template."""
 
@@ -61,17 +89,20 @@ class DatabaseFactory:
         self.workdir = workdir
         self.prefix = f"registry_test_{os.getpid()}"
         self.created: list[str] = []
+        self.tokens: dict[str, str] = {}
         self.template = self._make_template()
 
     def _make_template(self) -> str:
         if self.engine == "sqlite":
             path = self.workdir / "template.db"
             migrate.upgrade(f"sqlite:///{path}")
+            self.tokens = asyncio.run(_bootstrap(f"sqlite:///{path}"))
             return str(path)
         name = f"{self.prefix}_tpl"
         pg_exec(f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
         self.created.append(name)
         migrate.upgrade(_pg_dsn(name))
+        self.tokens = asyncio.run(_bootstrap(_pg_dsn(name)))
         return name
 
     def empty(self) -> str:
@@ -132,10 +163,27 @@ def database_url(db_factory: DatabaseFactory) -> Iterator[str]:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, cors_origins=["http://front.example"])
+    return Settings(
+        database_url=database_url,
+        cors_origins=["http://front.example"],
+        registry_admin_password=ADMIN_PASSWORD,
+    )
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
+def tokens(db_factory: DatabaseFactory) -> dict[str, str]:
+    return db_factory.tokens
+
+
+@pytest.fixture
+def anon(settings: Settings) -> Iterator[TestClient]:
+    """A client that has not logged in."""
     with TestClient(create_app(settings), base_url="http://testserver") as test_client:
         yield test_client
+
+
+@pytest.fixture
+def client(anon: TestClient, tokens: dict[str, str]) -> TestClient:
+    """A client holding the admin's service token (writes are recorded as token:test-admin)."""
+    anon.headers["Authorization"] = f"Bearer {tokens['admin']}"
+    return anon

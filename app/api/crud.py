@@ -5,10 +5,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import BaseModel
 
-from app.api.deps import IfMatch, IfNoneMatch, ReadSession, WriteSession
-from app.errors import responses
+from app.api.deps import CanRead, CanWrite, IfMatch, IfNoneMatch, ReadSession, WriteSession
+from app.errors import NotFound, responses
+from app.models.change import ChangePublic
 from app.models.common import Page
-from app.services import records
+from app.services import changes, records
 from app.services.records import ResourceSpec
 
 JSON = "application/json"
@@ -67,6 +68,7 @@ def add_crud_routes(
             f"可排序字段: {', '.join(spec.sort_fields)}。"
         ),
         operation_id=f"list_{spec.name}",
+        dependencies=[CanRead],
         responses=responses(422),
     )
     async def list_records(session: ReadSession, params: Annotated[Filters, Query()]) -> Response:
@@ -81,6 +83,7 @@ def add_crud_routes(
         summary=f"新建{spec.title_zh}",
         description="成功返回 201，`Location` 指向新记录，`ETag` 为其版本。",
         operation_id=f"create_{spec.singular}",
+        dependencies=[CanWrite],
         responses=responses(409, 422),
     )
     async def create_record(
@@ -96,6 +99,7 @@ def add_crud_routes(
         summary=f"查看{spec.title_zh}",
         description="返回 `ETag`；带 `If-None-Match` 且未变化时返回 304。已删除的记录返回 404。",
         operation_id=f"get_{spec.singular}",
+        dependencies=[CanRead],
         responses={**responses(404, 422), 304: {"description": "未变化 (not modified)"}},
     )
     async def get_record(
@@ -108,6 +112,22 @@ def add_crud_routes(
             return Response(status_code=304, headers={"ETag": records.etag(record)})
         return json_response(spec, record)
 
+    @router.get(
+        f"{item}/history",
+        response_model=list[ChangePublic],
+        tags=tags,
+        summary=f"{spec.title_zh}的修改历史：谁在何时改了什么",
+        description="按顺序列出该记录的每次新建、修改、删除，含操作者 (actor) 与请求编号；已删除的记录仍可查看。",
+        operation_id=f"get_{spec.singular}_history",
+        dependencies=[CanRead],
+        responses=responses(404, 422),
+    )
+    async def record_history(session: ReadSession, record_id: RecordId) -> list[ChangePublic]:
+        rows = await changes.history(session, spec.name, record_id)
+        if not rows:
+            raise NotFound(f"{spec.singular} {record_id} does not exist")
+        return [ChangePublic.from_row(r) for r in rows]
+
     @router.patch(
         item,
         response_model=Public,
@@ -115,6 +135,7 @@ def add_crud_routes(
         summary=f"修改{spec.title_zh}（部分更新）",
         description="只改请求里给出的字段；带 `If-Match` 时版本不符返回 412。内容未变则版本不变。",
         operation_id=f"update_{spec.singular}",
+        dependencies=[CanWrite],
         responses=responses(404, 409, 412, 422),
     )
     async def update_record(
@@ -133,6 +154,7 @@ def add_crud_routes(
         summary=f"删除{spec.title_zh}（软删除）",
         description="软删除：记录从列表和查询中消失，但保留墓碑供同步。仍有下级记录时返回 409 并列出它们。",
         operation_id=f"delete_{spec.singular}",
+        dependencies=[CanWrite],
         responses=responses(404, 409, 412, 422),
     )
     async def delete_record(

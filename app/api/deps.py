@@ -5,11 +5,17 @@ from decimal import Decimal
 from json import loads
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Security
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import context, security
+from app.config import Settings
 from app.db import Database
+from app.models.user import Role
+from app.security import Forbidden, Principal, Unauthorized
+from app.services import user as user_service
 
 
 async def _read_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -76,3 +82,64 @@ class DecimalRoute(APIRoute):
             return await handler(DecimalJSONRequest(request.scope, request.receive))
 
         return exact_handler
+
+
+# ---------------------------------------------------------------- who is calling
+
+_oauth2 = OAuth2PasswordBearer(
+    tokenUrl="/api/v1/auth/token",
+    auto_error=False,
+    description="工作人员登录：在 Swagger 点击 Authorize，输入用户名和密码 (staff login)",
+)
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiToken",
+    description="服务令牌：`Authorization: Bearer pir_…` (service tokens)",
+)
+
+
+async def _principal(
+    request: Request,
+    _staff: Annotated[str | None, Security(_oauth2)],
+    _service: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Principal | None:
+    """Both schemes read the same `Authorization: Bearer` header; the token's shape tells which."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("use Authorization: Bearer <token>")
+    token = token.strip()
+    settings: Settings = request.app.state.settings
+    if token.startswith(security.TOKEN_PREFIX):
+        db: Database = request.app.state.db
+        async with db.reader() as session:
+            return await user_service.principal_for_token(session, token)
+    return security.read_access_token(settings, token)
+
+
+def require(role: Role) -> Any:
+    async def check(
+        request: Request, principal: Annotated[Principal | None, Depends(_principal)]
+    ) -> Principal | None:
+        settings: Settings = request.app.state.settings
+        if principal is None:
+            if role == Role.viewer and settings.public_read:
+                context.actor.set("anonymous")
+                return None
+            raise Unauthorized()
+        if not principal.allows(role):
+            raise Forbidden(
+                f"this needs the {role.value} role; {principal.name} is {principal.role.value}"
+            )
+        context.actor.set(principal.name)
+        return principal
+
+    return Depends(check)
+
+
+CanRead = require(Role.viewer)
+CanWrite = require(Role.editor)
+IsAdmin = require(Role.admin)
+CurrentPrincipal = Annotated[Principal | None, CanRead]

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 
 from app.api.crud import page_response, tag
-from app.api.deps import ReadSession
+from app.api.deps import CanRead, ReadSession
 from app.errors import responses
 from app.models.common import Page
 from app.models.investment import InvestmentPublic
@@ -24,6 +24,7 @@ _page: Any = Page[InvestmentPublic]
     summary="列出项目的投资额记录",
     description="一个项目的全部投资额记录（含相互冲突的记录）。" + HEADLINE_RULE,
     operation_id="list_project_investments",
+    dependencies=[CanRead],
     responses=responses(404, 422),
 )
 async def list_project_investments(

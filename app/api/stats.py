@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, computed_field
 
-from app.api.deps import ReadSession
+from app.api.deps import CanRead, ReadSession
 from app.errors import responses
 from app.models.common import DecimalString
 from app.money import display
@@ -47,6 +47,7 @@ class InvestmentStats(BaseModel):
     description="各组项目数与总投资精确合计；冲突项目只按其总投资计一次并单独计数。"
     + HEADLINE_RULE,
     operation_id="get_investment_stats",
+    dependencies=[CanRead],
     responses=responses(422),
 )
 async def investment_stats(

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from app.api.crud import tag
-from app.api.deps import ReadSession
+from app.api.deps import CanRead, ReadSession
 from app.errors import responses
 from app.models.chain import ChainPublic
 from app.models.common import DecimalString
@@ -74,6 +74,7 @@ def _public(p: target_service.Progress) -> TargetProgress:
     summary="目标完成进度（由登记册计算）",
     description=PROGRESS_DOC,
     operation_id="get_target_progress",
+    dependencies=[CanRead],
     responses=responses(404, 422),
 )
 async def target_progress(
@@ -90,6 +91,7 @@ async def target_progress(
     summary="产业链记分卡：全部目标及完成进度",
     description=PROGRESS_DOC,
     operation_id="get_chain_scorecard",
+    dependencies=[CanRead],
     responses=responses(404, 422),
 )
 async def chain_scorecard(

@@ -9,15 +9,19 @@ from app.models.park import Park
 from app.models.project import Project
 from app.models.source import Source
 from app.models.target import Target
+from app.models.user import ApiToken, LoginFailure, User
 
 __all__ = [
+    "ApiToken",
     "Chain",
     "Change",
     "Enterprise",
     "Investment",
+    "LoginFailure",
     "Park",
     "Project",
     "Source",
     "Target",
+    "User",
     "metadata",
 ]

@@ -1,6 +1,8 @@
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
 from sqlalchemy import JSON, BigInteger, Index, Integer, String
 from sqlmodel import Field, SQLModel
 
@@ -26,3 +28,38 @@ class Change(SQLModel, table=True):
     actor: str | None = Field(default=None, max_length=200)
     request_id: str | None = Field(default=None, max_length=100)
     data: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+
+
+class ChangePublic(BaseModel):
+    """One entry of the change feed, or of a record's history."""
+
+    seq: int = PydanticField(description="序号，严格递增 (strictly increasing)")
+    resource: str = PydanticField(description="资源名，如 projects", examples=["projects"])
+    id: int = PydanticField(description="记录编号")
+    external_id: str | None = None
+    op: str = PydanticField(description="create / update / delete", examples=["update"])
+    version: int
+    changed_at: datetime
+    actor: str | None = PydanticField(description="写入者 (who made the change)")
+    request_id: str | None = None
+    data: dict[str, Any] | None = PydanticField(description="变更后的记录；删除时为空 (tombstone)")
+
+    @classmethod
+    def from_row(cls, row: "Change") -> "ChangePublic":
+        return cls(
+            seq=row.seq or 0,
+            resource=row.resource,
+            id=row.record_id,
+            external_id=row.external_id,
+            op=row.op,
+            version=row.version,
+            changed_at=row.changed_at,
+            actor=row.actor,
+            request_id=row.request_id,
+            data=row.data,
+        )
+
+
+class ChangePage(BaseModel):
+    items: list[ChangePublic]
+    last_seq: int = PydanticField(description="本页最后一个 seq；下次以 after=last_seq 继续")

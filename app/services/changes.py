@@ -50,3 +50,12 @@ async def after(
         stmt = stmt.where(Change.resource == resource)
     stmt = stmt.order_by(Change.seq).limit(limit)  # type: ignore[arg-type]
     return list(await session.scalars(stmt))
+
+
+async def history(session: AsyncSession, resource: str, record_id: int) -> list[Change]:
+    stmt = (
+        select(Change)
+        .where(Change.resource == resource, Change.record_id == record_id)
+        .order_by(Change.seq)  # type: ignore[arg-type]
+    )
+    return list(await session.scalars(stmt))

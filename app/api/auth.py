@@ -1,0 +1,150 @@
+"""Login, staff accounts and service tokens."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.security import OAuth2PasswordRequestForm
+
+from app.api.deps import CurrentPrincipal, IsAdmin, ReadSession, WriteSession
+from app.config import Settings
+from app.errors import responses
+from app.models.user import (
+    AccessToken,
+    Role,
+    TokenCreate,
+    TokenCreated,
+    TokenPublic,
+    UserCreate,
+    UserPublic,
+    UserUpdate,
+)
+from app.security import Unauthorized, issue_access_token
+from app.services import user as user_service
+
+router = APIRouter()
+AUTH_TAG = "认证 Auth"
+ADMIN_TAG = "用户与令牌 Users & tokens"
+
+
+@router.post(
+    "/auth/token",
+    response_model=AccessToken,
+    tags=[AUTH_TAG],
+    summary="登录：用户名密码换取访问令牌（30 分钟内有效）",
+    description="OAuth2 password flow. 每个用户名、每个地址一分钟内失败过多返回 429 并带 Retry-After。",
+    operation_id="login",
+    responses={
+        **responses(422),
+        401: {"description": "用户名或密码错误"},
+        429: {"description": "失败次数过多"},
+    },
+)
+async def login(
+    request: Request, session: WriteSession, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+) -> AccessToken:
+    settings: Settings = request.app.state.settings
+    address = request.client.host if request.client else "unknown"
+    user = await user_service.authenticate(session, settings, form.username, form.password, address)
+    token, lifetime = issue_access_token(settings, user.username, Role(user.role))
+    return AccessToken(access_token=token, expires_in=lifetime)
+
+
+@router.get(
+    "/auth/me",
+    tags=[AUTH_TAG],
+    summary="当前身份",
+    operation_id="whoami",
+    responses={401: {"description": "未登录"}},
+)
+async def whoami(principal: CurrentPrincipal) -> dict[str, str]:
+    if principal is None:
+        raise Unauthorized()
+    return {"name": principal.name, "role": principal.role.value, "kind": principal.kind}
+
+
+@router.get(
+    "/users",
+    response_model=list[UserPublic],
+    tags=[ADMIN_TAG],
+    summary="列出用户（管理员）",
+    operation_id="list_users",
+    dependencies=[IsAdmin],
+)
+async def list_users(session: ReadSession) -> list[UserPublic]:
+    return [UserPublic.model_validate(u) for u in await user_service.list_users(session)]
+
+
+@router.post(
+    "/users",
+    response_model=UserPublic,
+    status_code=201,
+    tags=[ADMIN_TAG],
+    summary="新建用户（管理员）",
+    operation_id="create_user",
+    dependencies=[IsAdmin],
+    responses=responses(409, 422),
+)
+async def create_user(session: WriteSession, body: UserCreate, response: Response) -> UserPublic:
+    user = await user_service.create_user(session, body)
+    response.headers["Location"] = f"/api/v1/users/{user.id}"
+    return UserPublic.model_validate(user)
+
+
+@router.patch(
+    "/users/{id}",
+    response_model=UserPublic,
+    tags=[ADMIN_TAG],
+    summary="修改用户：角色、密码、停用（管理员）",
+    operation_id="update_user",
+    dependencies=[IsAdmin],
+    responses=responses(404, 422),
+)
+async def update_user(
+    session: WriteSession, user_id: Annotated[int, Path(alias="id", ge=1)], body: UserUpdate
+) -> UserPublic:
+    return UserPublic.model_validate(await user_service.update_user(session, user_id, body))
+
+
+@router.get(
+    "/tokens",
+    response_model=list[TokenPublic],
+    tags=[ADMIN_TAG],
+    summary="列出服务令牌（管理员）",
+    operation_id="list_tokens",
+    dependencies=[IsAdmin],
+)
+async def list_tokens(session: ReadSession) -> list[TokenPublic]:
+    return [TokenPublic.model_validate(t) for t in await user_service.list_tokens(session)]
+
+
+@router.post(
+    "/tokens",
+    response_model=TokenCreated,
+    status_code=201,
+    tags=[ADMIN_TAG],
+    summary="新建服务令牌（管理员；令牌原文只显示一次）",
+    operation_id="create_token",
+    responses=responses(409, 422),
+)
+async def create_token(
+    session: WriteSession, body: TokenCreate, principal: Annotated[object, IsAdmin]
+) -> TokenCreated:
+    creator = getattr(principal, "name", None)
+    record, token = await user_service.create_token(session, body, creator)
+    return TokenCreated(**TokenPublic.model_validate(record).model_dump(), token=token)
+
+
+@router.delete(
+    "/tokens/{id}",
+    status_code=204,
+    tags=[ADMIN_TAG],
+    summary="吊销服务令牌（管理员）",
+    operation_id="revoke_token",
+    dependencies=[IsAdmin],
+    responses=responses(404, 422),
+)
+async def revoke_token(
+    session: WriteSession, token_id: Annotated[int, Path(alias="id", ge=1)]
+) -> Response:
+    await user_service.revoke_token(session, token_id)
+    return Response(status_code=204)

@@ -1,0 +1,181 @@
+"""Accounts and tokens: creation, login with rate limiting, token checks, the start-up admin."""
+
+import logging
+import math
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import security
+from app.config import Settings
+from app.db import Database
+from app.db_types import utcnow
+from app.errors import Conflict, NotFound
+from app.models.user import ApiToken, LoginFailure, Role, TokenCreate, User, UserCreate, UserUpdate
+from app.security import Principal, TooManyRequests, Unauthorized
+
+log = logging.getLogger("app.users")
+WINDOW = timedelta(minutes=1)
+ADMIN = "admin"
+
+
+async def create_user(session: AsyncSession, body: UserCreate) -> User:
+    if await session.scalar(select(User.id).where(User.username == body.username)) is not None:
+        raise Conflict(f"user '{body.username}' already exists")
+    now = utcnow()
+    user = User(
+        username=body.username,
+        password_hash=await security.hash_password(body.password),
+        role=body.role.value,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(user)
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        raise Conflict(f"user '{body.username}' already exists") from exc
+    return user
+
+
+async def update_user(session: AsyncSession, user_id: int, body: UserUpdate) -> User:
+    user = await session.scalar(select(User).where(User.id == user_id).with_for_update())
+    if user is None:
+        raise NotFound(f"user {user_id} does not exist")
+    if body.password is not None:
+        user.password_hash = await security.hash_password(body.password)
+    if body.role is not None:
+        user.role = body.role.value
+    if body.is_active is not None:
+        user.is_active = body.is_active
+    user.updated_at = utcnow()
+    await session.commit()
+    return user
+
+
+async def list_users(session: AsyncSession) -> list[User]:
+    return list(await session.scalars(select(User).order_by(User.id)))
+
+
+async def ensure_admin(db: Database, settings: Settings) -> str | None:
+    """Make sure a user `admin` exists; returns a generated password (to show once), if any."""
+    try:
+        async with db.reader() as session:
+            if await session.scalar(select(User.id).where(User.username == ADMIN)) is not None:
+                return None
+    except (OperationalError, ProgrammingError):
+        log.warning("no user table yet (run `python -m app migrate`); admin not ensured")
+        return None
+    password = settings.registry_admin_password or secrets.token_urlsafe(12)
+    try:
+        async with db.writer() as session:
+            await create_user(
+                session, UserCreate(username=ADMIN, password=password, role=Role.admin)
+            )
+    except Conflict:
+        return None  # another worker created it first
+    return None if settings.registry_admin_password else password
+
+
+async def _failures_since(
+    session: AsyncSession, column: object, value: str, since: datetime
+) -> list[datetime]:
+    stmt = (
+        select(LoginFailure.at)
+        .where(column == value, LoginFailure.at > since)
+        .order_by(LoginFailure.at)
+    )
+    return list(await session.scalars(stmt))
+
+
+async def authenticate(
+    session: AsyncSession, settings: Settings, username: str, password: str, address: str
+) -> User:
+    """The user, or 401; 429 with Retry-After once too many logins failed within a minute."""
+    now = utcnow()
+    since = now - WINDOW
+    for column, value in ((LoginFailure.username, username), (LoginFailure.address, address)):
+        recent = await _failures_since(session, column, value, since)
+        if len(recent) >= settings.login_failures_per_minute:
+            wait = max(1, math.ceil((recent[0] + WINDOW - now).total_seconds()))
+            raise TooManyRequests(
+                "too many failed logins; try again later", headers={"Retry-After": str(wait)}
+            )
+    user = await session.scalar(select(User).where(User.username == username))
+    ok = (
+        user is not None
+        and user.is_active
+        and await security.verify_password(password, user.password_hash)
+    )
+    if ok and user is not None:
+        return user
+    session.add(LoginFailure(username=username[:100], address=address[:64], at=now))
+    await session.execute(delete(LoginFailure).where(LoginFailure.at < now - timedelta(days=1)))
+    await session.commit()
+    raise Unauthorized("wrong username or password")
+
+
+async def create_token(
+    session: AsyncSession, body: TokenCreate, created_by: str | None
+) -> tuple[ApiToken, str]:
+    if await session.scalar(select(ApiToken.id).where(ApiToken.name == body.name)) is not None:
+        raise Conflict(f"a token named '{body.name}' already exists")
+    record = ApiToken(
+        name=body.name,
+        token_hash="",
+        scopes=[s.value for s in body.scopes],
+        expires_at=body.expires_at,
+        created_at=utcnow(),
+        created_by=created_by,
+    )
+    session.add(record)
+    await session.flush()
+    assert record.id is not None
+    token, record.token_hash = security.new_api_token(record.id)
+    await session.commit()
+    return record, token
+
+
+async def revoke_token(session: AsyncSession, token_id: int) -> ApiToken:
+    record = await session.scalar(select(ApiToken).where(ApiToken.id == token_id).with_for_update())
+    if record is None:
+        raise NotFound(f"token {token_id} does not exist")
+    if record.revoked_at is None:
+        record.revoked_at = utcnow()
+        await session.commit()
+    return record
+
+
+async def list_tokens(session: AsyncSession) -> list[ApiToken]:
+    return list(await session.scalars(select(ApiToken).order_by(ApiToken.id)))
+
+
+async def principal_for_token(session: AsyncSession, token: str) -> Principal:
+    parsed = security.parse_api_token(token)
+    if parsed is None:
+        raise Unauthorized("invalid token")
+    token_id, secret = parsed
+    record = await session.scalar(select(ApiToken).where(ApiToken.id == token_id))
+    if record is None or not security.digest_matches(secret, record.token_hash):
+        raise Unauthorized("invalid token")
+    now = utcnow()
+    if record.revoked_at is not None:
+        raise Unauthorized("token revoked")
+    if record.expires_at is not None and record.expires_at <= now:
+        raise Unauthorized("token expired")
+    return Principal(
+        name=f"token:{record.name}", role=security.role_of_scopes(record.scopes), kind="token"
+    )
+
+
+async def user_is_active(session: AsyncSession, username: str) -> bool:
+    found = await session.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.username == username, User.is_active.is_(True))
+    )
+    return bool(found)

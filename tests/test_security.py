@@ -1,0 +1,365 @@
+"""Who may do what: the role table, token attacks, rate limits, body limits, audit, no leaks."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from app.config import PROJECT_DIR, Settings
+from app.main import create_app
+from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
+from tests.helpers import API, problem
+
+ADMIN_ONLY = re.compile(r"^/api/v1/(users|tokens)")
+
+
+def login(client: TestClient, username: str, password: str) -> str:
+    response = client.post(f"{API}/auth/token", data={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["token_type"] == "bearer" and 0 < body["expires_in"] <= 1800
+    return str(body["access_token"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def operations(client: TestClient) -> list[tuple[str, str]]:
+    spec = client.get("/openapi.json").json()
+    return [
+        (method.upper(), path)
+        for path, item in spec["paths"].items()
+        for method in item
+        if path.startswith(API) and path != f"{API}/auth/token"
+    ]
+
+
+def call(client: TestClient, method: str, path: str, headers: dict[str, str]) -> int:
+    url = path.replace(
+        "{id}", "999999"
+    )  # absent: authorised callers get 404, never a revoked token
+    params = {"year": 2021, "group_by": "chain"}
+    body = {} if method in ("POST", "PATCH", "PUT") else None
+    return client.request(method, url, params=params, json=body, headers=headers).status_code
+
+
+def test_every_operation_answers_each_role_as_the_table_says(
+    anon: TestClient, tokens: dict[str, str]
+) -> None:
+    callers = {
+        "anonymous": {},
+        "viewer": bearer(login(anon, "viewer", "viewer-password")),
+        "editor": bearer(login(anon, "editor", "editor-password")),
+        "admin": bearer(login(anon, "admin", ADMIN_PASSWORD)),
+        "read-token": bearer(tokens["read"]),
+        "write-token": bearer(tokens["write"]),
+        "admin-token": bearer(tokens["admin"]),
+    }
+    ops = operations(anon)
+    assert len(ops) > 40
+    mismatches = []
+    for method, path in ops:
+        for caller, headers in callers.items():
+            status = call(anon, method, path, headers)
+            reading = method == "GET" and not ADMIN_ONLY.match(path)
+            if caller == "anonymous":
+                expected_denied = 401
+            elif caller in ("viewer", "read-token"):
+                expected_denied = None if reading else 403
+            elif caller in ("editor", "write-token"):
+                expected_denied = 403 if ADMIN_ONLY.match(path) else None
+            else:
+                expected_denied = None
+            ok = (
+                status == expected_denied if expected_denied else status not in (401, 403)
+            ) and status < 500
+            if not ok:
+                mismatches.append((caller, method, path, status, expected_denied))
+    assert mismatches == []
+
+
+def test_public_read_lets_anonymous_read_but_never_write(database_url: str) -> None:
+    settings = Settings(
+        database_url=database_url, public_read=True, registry_admin_password=ADMIN_PASSWORD
+    )
+    with TestClient(create_app(settings)) as anon:
+        assert anon.get(f"{API}/parks").status_code == 200
+        problem(anon.post(f"{API}/parks", json={"name": "x", "level": "other"}), 401)
+        problem(anon.get(f"{API}/users"), 401)
+
+
+def _forge(
+    claims: dict[str, Any],
+    key: str = "dev-only-secret-change-me-in-production-0000",
+    alg: str = "HS256",
+) -> str:
+    return jwt.encode(claims, key, algorithm=alg)
+
+
+def test_forged_expired_unsigned_and_revoked_credentials_get_401(
+    anon: TestClient, tokens: dict[str, str]
+) -> None:
+    now = datetime.now(UTC)
+    good = {
+        "sub": "admin",
+        "role": "admin",
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        "typ": "access",
+    }
+    header = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
+    payload = jwt.utils.base64url_encode(
+        json.dumps(
+            {
+                "sub": "admin",
+                "role": "admin",
+                "iat": int(now.timestamp()),
+                "exp": int(now.timestamp()) + 300,
+                "typ": "access",
+            }
+        ).encode()
+    ).decode()
+    attacks = {
+        "wrong key": _forge(good, key="another-secret-another-secret-another"),
+        "expired": _forge(
+            {**good, "iat": now - timedelta(hours=2), "exp": now - timedelta(hours=1)}
+        ),
+        "alg none": f"{header}.{payload}.",
+        "no exp": _forge({k: v for k, v in good.items() if k != "exp"}),
+        "not an access token": _forge({**good, "typ": "refresh"}),
+        "garbage": "not-a-jwt",
+        "token with wrong secret": tokens["admin"][:-4] + "AAAA",
+        "unknown token id": "pir_999_abcdef",
+    }
+    assert anon.get(f"{API}/parks", headers=bearer(_forge(good))).status_code == 200  # the control
+    for name, token in attacks.items():
+        response = anon.get(f"{API}/parks", headers=bearer(token))
+        assert response.status_code == 401, name
+        assert response.headers["www-authenticate"] == "Bearer"
+    admin = bearer(tokens["admin"])
+    made = anon.post(
+        f"{API}/tokens", json={"name": "short", "scopes": ["read"]}, headers=admin
+    ).json()
+    assert anon.get(f"{API}/parks", headers=bearer(made["token"])).status_code == 200
+    assert anon.delete(f"{API}/tokens/{made['id']}", headers=admin).status_code == 204
+    assert anon.get(f"{API}/parks", headers=bearer(made["token"])).status_code == 401
+    past = (now - timedelta(seconds=1)).isoformat()
+    expired = anon.post(
+        f"{API}/tokens", json={"name": "old", "scopes": ["read"], "expires_at": past}, headers=admin
+    ).json()
+    assert anon.get(f"{API}/parks", headers=bearer(expired["token"])).status_code == 401
+
+
+def test_the_eleventh_bad_login_in_a_minute_gets_429(anon: TestClient) -> None:
+    for _ in range(10):
+        problem(
+            anon.post(f"{API}/auth/token", data={"username": "editor", "password": "wrong"}), 401
+        )
+    limited = problem(
+        anon.post(f"{API}/auth/token", data={"username": "editor", "password": "editor-password"}),
+        429,
+    )
+    assert "too many" in limited["detail"]
+    retry = anon.post(f"{API}/auth/token", data={"username": "editor", "password": "wrong"})
+    assert 1 <= int(retry.headers["retry-after"]) <= 60
+    # The same address is limited for every user too.
+    problem(
+        anon.post(f"{API}/auth/token", data={"username": "viewer", "password": "viewer-password"}),
+        429,
+    )
+
+
+def test_history_shows_who_changed_a_project_in_order(
+    anon: TestClient, tokens: dict[str, str]
+) -> None:
+    editor = bearer(login(anon, "editor", "editor-password"))
+    admin = bearer(tokens["admin"])
+    park = anon.post(
+        f"{API}/parks", json={"name": "园区", "level": "national"}, headers=editor
+    ).json()
+    project = anon.post(
+        f"{API}/projects",
+        json={"park_id": park["id"], "name": "项目", "stage": "planning"},
+        headers=editor,
+    ).json()
+    anon.patch(
+        f"{API}/projects/{project['id']}",
+        json={"stage": "signed"},
+        headers={**admin, "X-Request-ID": "req-42"},
+    )
+    anon.delete(f"{API}/projects/{project['id']}", headers=editor)
+    history = anon.get(
+        f"{API}/projects/{project['id']}/history", headers=bearer(tokens["read"])
+    ).json()
+    assert [(h["op"], h["version"], h["actor"]) for h in history] == [
+        ("create", 1, "editor"),
+        ("update", 2, "token:test-admin"),
+        ("delete", 3, "editor"),
+    ]
+    assert history[1]["request_id"] == "req-42" and history[1]["data"]["stage"] == "signed"
+    feed = anon.get(f"{API}/changes", headers=admin).json()["items"]
+    assert {c["actor"] for c in feed} == {"editor", "token:test-admin"}
+    problem(anon.get(f"{API}/projects/999/history", headers=admin), 404)
+
+
+def test_no_secret_ever_appears_in_a_response(anon: TestClient, tokens: dict[str, str]) -> None:
+    admin = bearer(tokens["admin"])
+    created = anon.post(
+        f"{API}/users",
+        json={"username": "li", "password": "s3cret-pass", "role": "viewer"},
+        headers=admin,
+    )
+    assert created.status_code == 201 and "password" not in created.text
+    users = anon.get(f"{API}/users", headers=admin)
+    assert "argon2" not in users.text and "password" not in users.text
+    made = anon.post(
+        f"{API}/tokens", json={"name": "sync", "scopes": ["read", "write"]}, headers=admin
+    ).json()
+    listed = anon.get(f"{API}/tokens", headers=admin).text
+    assert made["token"] not in listed and made["token"].split("_", 2)[2] not in listed
+    assert "hash" not in listed
+    assert anon.get(f"{API}/auth/me", headers=bearer(made["token"])).json() == {
+        "name": "token:sync",
+        "role": "editor",
+        "kind": "token",
+    }
+    # Mass assignment: a role or a hash cannot ride along.
+    problem(
+        anon.post(
+            f"{API}/users",
+            json={
+                "username": "x",
+                "password": "12345678",
+                "role": "viewer",
+                "is_active": False,
+                "password_hash": "x",
+            },
+            headers=admin,
+        ),
+        422,
+    )
+
+
+def test_production_refuses_the_default_secret() -> None:
+    with pytest.raises(ValidationError, match="SECRET_KEY"):
+        Settings(environment="production")
+    assert Settings(environment="production", secret_key="x" * 40).environment == "production"
+    with pytest.raises(ValidationError):
+        Settings(access_token_minutes=120)
+
+
+def test_docs_can_be_turned_off(database_url: str) -> None:
+    settings = Settings(
+        database_url=database_url, docs_enabled=False, registry_admin_password=ADMIN_PASSWORD
+    )
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/docs").status_code == 404
+        assert c.get("/openapi.json").status_code == 404
+
+
+def test_cors_star_never_comes_with_credentials(database_url: str) -> None:
+    settings = Settings(
+        database_url=database_url, cors_origins=["*"], registry_admin_password=ADMIN_PASSWORD
+    )
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/healthz", headers={"Origin": "http://evil.example"})
+        assert r.headers.get("access-control-allow-credentials") is None
+        assert r.headers["access-control-allow-origin"] == "*"
+
+
+def test_first_start_creates_admin_and_prints_its_password_once(
+    db_factory: DatabaseFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app import migrate
+
+    url = db_factory.empty()
+    migrate.upgrade(url)
+    with TestClient(create_app(Settings(database_url=url))):
+        pass
+    printed = capsys.readouterr().out
+    password = re.search(r"Created user 'admin' with password: (\S+)", printed)
+    assert password, printed
+    with TestClient(create_app(Settings(database_url=url))) as c:
+        assert "Created user" not in capsys.readouterr().out
+        token = login(c, "admin", password.group(1))
+        assert c.get(f"{API}/users", headers=bearer(token)).status_code == 200
+    db_factory.drop(url)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_a_10_mib_body_gets_413_without_the_server_growing(
+    database_url: str, tokens: dict[str, str]
+) -> None:
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "REGISTRY_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        headers = bearer(tokens["admin"])
+        before = _rss_kib(server.pid)
+        big = b'{"name": "' + b"x" * (10 * 1024 * 1024) + b'", "level": "other"}'
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            declared = http.post(
+                f"{API}/parks", content=big, headers={"Content-Type": "application/json"}
+            )
+            assert declared.status_code == 413
+            assert declared.headers["content-type"] == "application/problem+json"
+
+            def chunks() -> Any:
+                for i in range(0, len(big), 64 * 1024):
+                    yield big[i : i + 64 * 1024]
+
+            try:
+                streamed = http.post(
+                    f"{API}/parks", content=chunks(), headers={"Content-Type": "application/json"}
+                )
+                assert streamed.status_code == 413
+            except httpx.TransportError:
+                pass  # the server may close the connection once it has answered 413
+            assert (
+                http.post(f"{API}/parks", json={"name": "小", "level": "other"}).status_code == 201
+            )
+        grown_mib = (_rss_kib(server.pid) - before) / 1024
+        assert grown_mib < 4, f"server grew by {grown_mib:.1f} MiB"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=10)
