@@ -1,6 +1,7 @@
 """Command line: `python -m app serve|migrate|seed`."""
 
 import argparse
+import os
 import sys
 
 
@@ -24,6 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--name", required=True)
     token.add_argument("--scopes", required=True, help="comma-separated: read,write,admin")
     token.add_argument("--expires-days", type=int, default=None)
+    mirror = sub.add_parser(
+        "mirror", help="follow another registry's change feed into this database"
+    )
+    mirror.add_argument("--source", required=True, help="base URL of the source registry")
+    mirror.add_argument("--token", default=os.environ.get("MIRROR_TOKEN"), help="or MIRROR_TOKEN")
+    mirror.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between polls when idle"
+    )
+    mirror.add_argument("--once", action="store_true", help="stop when caught up")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -47,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from app import seed as seed_module
 
         return seed_module.main(check=args.check, if_empty=args.if_empty)
+    if args.command == "mirror":
+        from app import mirror as mirror_module
+
+        return mirror_module.main(args.source, args.token, args.interval, args.once)
     if args.command in ("create-user", "create-token"):
         from app import accounts_cli
 

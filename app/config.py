@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _safe_for_production(self) -> "Settings":
+        if self.registry_admin_password is not None and len(self.registry_admin_password) < 8:
+            raise ValueError("REGISTRY_ADMIN_PASSWORD must have at least 8 characters")
         if not 1 <= self.access_token_minutes <= 30:
             raise ValueError("ACCESS_TOKEN_MINUTES must be between 1 and 30")
         if self.environment == "production" and (

@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("app.errors")
 PROBLEM_JSON = "application/problem+json"
@@ -168,15 +169,63 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+class CatchAll:
+    """Turns an unexpected exception into a 500 problem *inside* the other middleware, so the
+    answer still carries the request id and CORS headers (Starlette's own last-resort handler
+    sits outside them all)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception:
+            if started:
+                raise
+            response = await _on_unexpected(Request(scope), Exception())
+            await response(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _on_app_error)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(Exception, _on_unexpected)
+    app.add_middleware(CatchAll)  # first added: the innermost of our middleware
+
+
+def problems_in_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every 4xx/5xx is documented as `application/problem+json` with the Problem schema,
+    which is what the client receives (FastAPI would say `application/json`)."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[:1] in ("4", "5"):
+                    response["content"] = {PROBLEM_JSON: {"schema": ref}}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault(
+        "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+    components.setdefault("FieldError", FieldError.model_json_schema())
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` for the problems an operation can answer."""
+    """OpenAPI `responses=` for the problems an operation can answer (see problems_in_openapi)."""
     text = {
         400: "请求有误 (bad request)",
         404: "记录不存在 (not found)",
@@ -184,7 +233,4 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         412: "If-Match 版本已过期 (stale version)",
         422: "输入无效，指明字段 (validation error naming the field)",
     }
-    return {
-        s: {"model": Problem, "description": text.get(s, "Problem"), "content": {PROBLEM_JSON: {}}}
-        for s in statuses
-    }
+    return {s: {"model": Problem, "description": text.get(s, "Problem")} for s in statuses}

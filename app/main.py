@@ -13,9 +13,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import context, errors, migrate
 from app.api import auth, changes, crud, ops, projects, stats, targets
-from app.api.deps import DecimalRoute
+from app.api.deps import DecimalRoute, caller_name
 from app.config import Settings, get_settings
 from app.db import Database, make_engine
+from app.idempotency import Idempotency
 from app.limits import BodyLimit
 from app.resources import ALL
 from app.services import user as user_service
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["ETag", "Location", "X-Request-ID"],
         )
+    app.add_middleware(Idempotency, resolve_caller=caller_name)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
 
@@ -136,6 +138,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         crud.add_crud_routes(api, spec, crud.model_example(spec.create))
     app.include_router(api)
     app.include_router(ops.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = errors.problems_in_openapi(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     logging.getLogger("app").setLevel(settings.log_level.upper())
     return app
 

@@ -1,15 +1,8 @@
 """Who may do what: the role table, token attacks, rate limits, body limits, audit, no leaks."""
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,10 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from app.config import PROJECT_DIR, Settings
+from app.config import Settings
 from app.main import create_app
 from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
 from tests.helpers import API, problem
+from tests.servers import rss_kib, server
 
 ADMIN_ONLY = re.compile(r"^/api/v1/(users|tokens)")
 
@@ -300,42 +294,13 @@ def test_first_start_creates_admin_and_prints_its_password_once(
     db_factory.drop(url)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.slow
 def test_a_10_mib_body_gets_413_without_the_server_growing(
     database_url: str, tokens: dict[str, str]
 ) -> None:
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "REGISTRY_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"],
-        cwd=PROJECT_DIR,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with server(database_url) as (base, process):
         headers = bearer(tokens["admin"])
-        before = _rss_kib(server.pid)
+        before = rss_kib(process.pid)
         big = b'{"name": "' + b"x" * (10 * 1024 * 1024) + b'", "level": "other"}'
         with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
             declared = http.post(
@@ -358,8 +323,5 @@ def test_a_10_mib_body_gets_413_without_the_server_growing(
             assert (
                 http.post(f"{API}/parks", json={"name": "小", "level": "other"}).status_code == 201
             )
-        grown_mib = (_rss_kib(server.pid) - before) / 1024
+        grown_mib = (rss_kib(process.pid) - before) / 1024
         assert grown_mib < 4, f"server grew by {grown_mib:.1f} MiB"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)

@@ -3,13 +3,13 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.api.deps import CanRead, CanWrite, IfMatch, IfNoneMatch, ReadSession, WriteSession
 from app.errors import NotFound, responses
 from app.models.change import ChangePublic
 from app.models.common import Page
-from app.services import changes, records
+from app.services import batch, changes, records
 from app.services.records import ResourceSpec
 
 JSON = "application/json"
@@ -35,6 +35,14 @@ def page_response(
         page_model.model_construct(items=items, next_cursor=cursor).model_dump_json(),
         media_type=JSON,
     )
+
+
+class BatchResponseItem(batch.BatchResult):
+    data: dict[str, Any] | None = Field(description="写入后的记录；删除为空")
+
+
+class BatchResponse(BaseModel):
+    items: list[BatchResponseItem]
 
 
 def tag(spec: ResourceSpec) -> str:
@@ -91,6 +99,60 @@ def add_crud_routes(
     ) -> Response:
         record = await records.create(session, spec, body)
         return json_response(spec, record, 201, {"Location": f"/api/v1{base}/{record.id}"})
+
+    @router.put(
+        f"{base}/by-external-id/{{external_id}}",
+        response_model=Public,
+        tags=tags,
+        summary=f"按外部编号新建或整体替换{spec.title_zh}（幂等）",
+        description=(
+            "同步系统用自己的编号写入：不存在则新建 (201)，存在则整体替换 (200)，未给出的字段恢复默认值；"
+            "重复同一请求不产生新版本。可带 `If-Match`。"
+            " Create or replace by the caller's key; repeating the call changes nothing."
+        ),
+        operation_id=f"put_{spec.singular}_by_external_id",
+        dependencies=[CanWrite],
+        responses={**responses(409, 412, 422), 201: {"description": "已新建 (created)"}},
+    )
+    async def put_record(
+        session: WriteSession,
+        external_id: Annotated[
+            str, Path(min_length=1, max_length=100, pattern=r"^[^/\s]+$", description="外部编号")
+        ],
+        body: Annotated[Create, Body(openapi_examples=create_examples)],
+        if_match: IfMatch,
+    ) -> Response:
+        record, created = await records.put_by_external_id(
+            session, spec, external_id, body, if_match
+        )
+        if created:
+            return json_response(spec, record, 201, {"Location": f"/api/v1{base}/{record.id}"})
+        return json_response(spec, record)
+
+    @router.post(
+        f"{base}/batch",
+        response_model=BatchResponse,
+        tags=tags,
+        summary=f"批量写入{spec.title_zh}（全部成功或全部不写）",
+        description=(
+            f"最多 {batch.MAX_ITEMS} 项 create / update / delete，在一个事务中执行。任一项失败则什么都不写，"
+            "并在 problem+json 的 `errors` 中列出每个失败项的 `index`。"
+            " All or nothing; every failing item is listed with its index."
+        ),
+        operation_id=f"batch_{spec.name}",
+        dependencies=[CanWrite],
+        responses=responses(422),
+    )
+    async def batch_records(session: WriteSession, body: batch.BatchRequest) -> BatchResponse:
+        done = await batch.run(session, spec, body)
+        return BatchResponse(
+            items=[
+                BatchResponseItem(
+                    **r.model_dump(), data=None if r.op == "delete" else spec.to_public(rec)
+                )
+                for r, rec in done
+            ]
+        )
 
     @router.get(
         item,

@@ -98,25 +98,34 @@ _bearer = HTTPBearer(
 )
 
 
+async def principal_from(app: Any, authorization: str | None) -> Principal | None:
+    """Both schemes read the same `Authorization: Bearer` header; the token's shape tells which."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("use Authorization: Bearer <token>")
+    token = token.strip()
+    if token.startswith(security.TOKEN_PREFIX):
+        db: Database = app.state.db
+        async with db.reader() as session:
+            return await user_service.principal_for_token(session, token)
+    return security.read_access_token(app.state.settings, token)
+
+
+async def caller_name(app: Any, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """For middleware that must know the caller before routing (idempotency keys)."""
+    raw = dict(headers).get(b"authorization")
+    principal = await principal_from(app, raw.decode("latin-1") if raw is not None else None)
+    return principal.name if principal else None
+
+
 async def _principal(
     request: Request,
     _staff: Annotated[str | None, Security(_oauth2)],
     _service: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Principal | None:
-    """Both schemes read the same `Authorization: Bearer` header; the token's shape tells which."""
-    header = request.headers.get("authorization")
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("use Authorization: Bearer <token>")
-    token = token.strip()
-    settings: Settings = request.app.state.settings
-    if token.startswith(security.TOKEN_PREFIX):
-        db: Database = request.app.state.db
-        async with db.reader() as session:
-            return await user_service.principal_for_token(session, token)
-    return security.read_access_token(settings, token)
+    return await principal_from(request.app, request.headers.get("authorization"))
 
 
 def require(role: Role) -> Any:

@@ -1,9 +1,10 @@
 """Every table, imported so that `SQLModel.metadata` knows them all."""
 
 from app.models.chain import Chain
-from app.models.change import Change
+from app.models.change import Change, MirrorState
 from app.models.common import metadata
 from app.models.enterprise import Enterprise
+from app.models.idempotency import IdempotencyKey
 from app.models.investment import Investment
 from app.models.park import Park
 from app.models.project import Project
@@ -16,8 +17,10 @@ __all__ = [
     "Chain",
     "Change",
     "Enterprise",
+    "IdempotencyKey",
     "Investment",
     "LoginFailure",
+    "MirrorState",
     "Park",
     "Project",
     "Source",

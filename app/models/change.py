@@ -63,3 +63,13 @@ class ChangePublic(BaseModel):
 class ChangePage(BaseModel):
     items: list[ChangePublic]
     last_seq: int = PydanticField(description="本页最后一个 seq；下次以 after=last_seq 继续")
+
+
+class MirrorState(SQLModel, table=True):
+    """How far `python -m app mirror` has followed another registry's change feed."""
+
+    __tablename__ = "mirror_state"
+
+    source: str = Field(sa_type=String(500), primary_key=True)
+    last_seq: int = Field(sa_type=BigInteger)
+    updated_at: datetime = Field(sa_type=UTCDateTime)

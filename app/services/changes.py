@@ -1,12 +1,12 @@
 """The change log: one row per write, in the write's own transaction, in commit order."""
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import context
-from app.db_types import utcnow
 from app.models.change import Change
 
 # PostgreSQL hands out sequence values at insert but makes rows visible at commit, so a poller
@@ -23,6 +23,7 @@ async def record(
     external_id: str | None,
     op: str,
     version: int,
+    changed_at: datetime,
     data: dict[str, Any] | None,
 ) -> None:
     if session.bind.dialect.name == "postgresql":
@@ -34,7 +35,7 @@ async def record(
             external_id=external_id,
             op=op,
             version=version,
-            changed_at=utcnow(),
+            changed_at=changed_at,
             actor=context.actor.get(),
             request_id=context.request_id.get(),
             data=data,
@@ -59,3 +60,7 @@ async def history(session: AsyncSession, resource: str, record_id: int) -> list[
         .order_by(Change.seq)  # type: ignore[arg-type]
     )
     return list(await session.scalars(stmt))
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -7,15 +7,16 @@ import binascii
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, and_, false, func, or_, select
+from sqlalchemy import Boolean, ColumnElement, Date, Integer, String, and_, false, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
 from app.db_types import ExactDecimal, UTCDateTime, utcnow
@@ -102,20 +103,37 @@ def _parse_sort(spec: ResourceSpec, sort: str | None) -> list[tuple[str, bool]]:
 
 
 def _encode_value(value: Any) -> Any:
-    if isinstance(value, datetime):
+    if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
     return value
 
 
+_CURSOR_TYPES = ((Boolean, bool), (Integer, int), (String, str))
+
+
 def _decode_value(column: Any, value: Any) -> Any:
+    """A cursor value back to its column's type; anything else is a forged cursor."""
     if value is None:
         return None
-    if isinstance(column.type, UTCDateTime):
-        return datetime.fromisoformat(value)
-    if isinstance(column.type, ExactDecimal):
-        return Decimal(value)
+    column_type = column.type
+    if isinstance(column_type, UTCDateTime):
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+        if parsed is None or parsed.tzinfo is None:
+            raise ValueError("bad datetime")
+        return parsed
+    if isinstance(column_type, ExactDecimal):
+        number = Decimal(value) if isinstance(value, str) else None
+        if number is None or not number.is_finite():
+            raise ValueError("bad decimal")
+        return number
+    base = column_type.impl if isinstance(column_type, TypeDecorator) else column_type
+    if isinstance(base, Date):
+        return date.fromisoformat(value)
+    expected = next(t for cls, t in _CURSOR_TYPES if isinstance(base, cls))
+    if type(value) is not expected:  # bool is not an int here, nor an int a str
+        raise ValueError("bad value")
     return value
 
 
@@ -135,7 +153,7 @@ def _decode_cursor(
             _decode_value(spec.column(k).expression, v)
             for (k, _), v in zip(keys, raw["v"], strict=True)
         ]
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, ArithmeticError, binascii.Error) as exc:
         raise Invalid.field("cursor", "not a cursor this API issued", "query") from exc
 
 
@@ -271,6 +289,8 @@ async def log_change(session: AsyncSession, spec: ResourceSpec, record: Any, op:
         external_id=record.external_id,
         op=op,
         version=record.version,
+        # The record's own updated_at, so a mirror can restore a tombstone's deleted_at exactly.
+        changed_at=record.updated_at,
         data=None if op == "delete" else spec.to_public(record),
     )
 
@@ -286,8 +306,10 @@ async def _commit(session: AsyncSession, spec: ResourceSpec) -> None:
         ) from exc
 
 
-async def create(session: AsyncSession, spec: ResourceSpec, body: BaseModel) -> Any:
-    data = body.model_dump(exclude_unset=True)
+async def insert(
+    session: AsyncSession, spec: ResourceSpec, data: dict[str, Any], op: str = "create"
+) -> Any:
+    """Adds a record from validated input; the caller owns the transaction."""
     if spec.prepare:
         await spec.prepare(session, None, data)
     await _check_parents(session, spec, data)
@@ -300,8 +322,7 @@ async def create(session: AsyncSession, spec: ResourceSpec, body: BaseModel) -> 
     await session.flush()
     if spec.after_write:
         await spec.after_write(session, record, None)
-    await log_change(session, spec, record, "create")
-    await _commit(session, spec)
+    await log_change(session, spec, record, op)
     return record
 
 
@@ -311,21 +332,15 @@ def _snapshot(record: Any) -> Any:
     )
 
 
-async def update(
-    session: AsyncSession,
-    spec: ResourceSpec,
-    record_id: int,
-    body: BaseModel,
-    if_match: list[str] | None,
-) -> Any:
-    record = await get_live(session, spec, record_id, lock=True)
-    check_version(record, if_match)
-    data = body.model_dump(exclude_unset=True)
+async def apply_update(
+    session: AsyncSession, spec: ResourceSpec, record: Any, data: dict[str, Any]
+) -> bool:
+    """Writes what differs as a new version; False (and nothing written) when nothing does."""
     if spec.prepare:
         await spec.prepare(session, record, data)
     changed = {k: v for k, v in data.items() if getattr(record, k) != v}
     if not changed:
-        return record  # nothing differs: no new version, no change to feed
+        return False
     await _check_parents(session, spec, changed)
     if spec.validate:
         await spec.validate(session, record, changed)
@@ -339,8 +354,7 @@ async def update(
     if spec.after_write:
         await spec.after_write(session, record, before)
     await log_change(session, spec, record, "update")
-    await _commit(session, spec)
-    return record
+    return True
 
 
 async def live_children(
@@ -362,16 +376,12 @@ async def live_children(
     return found
 
 
-async def delete(
-    session: AsyncSession, spec: ResourceSpec, record_id: int, if_match: list[str] | None
-) -> Any:
-    record = await get_live(session, spec, record_id, lock=True)
-    check_version(record, if_match)
-    blocking = await live_children(session, spec, record_id)
+async def soft_delete(session: AsyncSession, spec: ResourceSpec, record: Any) -> None:
+    blocking = await live_children(session, spec, record.id)
     if blocking:
         named = "; ".join(f"{name}: {', '.join(map(str, ids))}" for name, ids in blocking.items())
         raise Conflict(
-            f"{spec.singular} {record_id} still has live records ({named}); delete or move them first",
+            f"{spec.singular} {record.id} still has live records ({named}); delete or move them first",
             extra={"children": blocking},
         )
     before = _snapshot(record)
@@ -383,8 +393,68 @@ async def delete(
     if spec.after_write:
         await spec.after_write(session, record, before)
     await log_change(session, spec, record, "delete")
+
+
+async def create(session: AsyncSession, spec: ResourceSpec, body: BaseModel) -> Any:
+    record = await insert(session, spec, body.model_dump(exclude_unset=True))
     await _commit(session, spec)
     return record
+
+
+async def update(
+    session: AsyncSession,
+    spec: ResourceSpec,
+    record_id: int,
+    body: BaseModel,
+    if_match: list[str] | None,
+) -> Any:
+    record = await get_live(session, spec, record_id, lock=True)
+    check_version(record, if_match)
+    if await apply_update(session, spec, record, body.model_dump(exclude_unset=True)):
+        await _commit(session, spec)
+    return record
+
+
+async def delete(
+    session: AsyncSession, spec: ResourceSpec, record_id: int, if_match: list[str] | None
+) -> Any:
+    record = await get_live(session, spec, record_id, lock=True)
+    check_version(record, if_match)
+    await soft_delete(session, spec, record)
+    await _commit(session, spec)
+    return record
+
+
+async def put_by_external_id(
+    session: AsyncSession,
+    spec: ResourceSpec,
+    external_id: str,
+    body: BaseModel,
+    if_match: list[str] | None,
+) -> tuple[Any, bool]:
+    """Create or replace the record the caller knows by `external_id`; (record, created).
+
+    Replace means the body is the whole record: fields it leaves out return to their defaults.
+    A repeat of the same call finds nothing to change and writes nothing. A tombstone with
+    this key is brought back to life by the replacement."""
+    if getattr(body, "external_id", None) not in (None, external_id):
+        raise Invalid.field("external_id", "differs from the external_id in the path")
+    data = body.model_dump()
+    data["external_id"] = external_id
+    stmt = select(spec.model).where(spec.column("external_id") == external_id).with_for_update()
+    record = (await session.execute(stmt)).scalar_one_or_none()
+    if record is None:
+        if if_match is not None and "*" in if_match:
+            raise PreconditionFailed(f"no {spec.singular} has external_id {external_id}")
+        record = await insert(session, spec, data)
+        await _commit(session, spec)
+        return record, True
+    check_version(record, if_match)
+    if record.deleted_at is not None:
+        data["deleted_at"] = None
+    if await apply_update(session, spec, record, data):
+        await _commit(session, spec)
+    return record, False
 
 
 async def count_live(
