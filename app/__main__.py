@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         "--interval", type=float, default=1.0, help="seconds between polls when idle"
     )
     mirror.add_argument("--once", action="store_true", help="stop when caught up")
+    importer = sub.add_parser("import", help="import projects from an XLSX or CSV file")
+    importer.add_argument("file", help="an .xlsx or .csv file in the export layout")
+    importer.add_argument("--dry-run", action="store_true", help="report problems, write nothing")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -57,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         from app import seed as seed_module
 
         return seed_module.main(check=args.check, if_empty=args.if_empty)
+    if args.command == "import":
+        from app import importer_cli
+
+        return importer_cli.run(args)
     if args.command == "mirror":
         from app import mirror as mirror_module
 

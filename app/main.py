@@ -12,7 +12,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import context, errors, migrate
-from app.api import auth, changes, crud, ops, projects, stats, targets
+from app.api import auth, changes, crud, dashboard, exchange, ops, projects, stats, targets
 from app.api.deps import DecimalRoute, caller_name
 from app.config import Settings, get_settings
 from app.db import Database, make_engine
@@ -130,6 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     api = APIRouter(prefix=API_PREFIX, route_class=DecimalRoute)
     api.include_router(auth.router)
+    # Before the standard routes: /projects/export must not be read as /projects/{id}.
+    api.include_router(exchange.router)
     api.include_router(projects.router)
     api.include_router(changes.router)
     api.include_router(targets.router)
@@ -138,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         crud.add_crud_routes(api, spec, crud.model_example(spec.create))
     app.include_router(api)
     app.include_router(ops.router)
+    app.include_router(dashboard.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
