@@ -35,6 +35,12 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app
 
+# The benchmark: our app against a minimal reference, on PostgreSQL and SQLite (needs wrk).
+bench: $(VENV)/.dev
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)); } \
+		|| { echo "wrk is needed: apt-get install wrk"; exit 1; }
+	$(PY) bench/run.py
+
 migrate: $(VENV)/.runtime
 	$(PY) -m app migrate
 
