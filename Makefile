@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint migrate seed bench clean
+.PHONY: run test lint migrate seed bench clean browser
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,14 @@ run: $(VENV)/.runtime
 	@echo "Serving on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/docs)"
 	$(PY) -m app serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev
+# The browser tests drive Debian's Chromium (never a downloaded build); installed when we can.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get install -y -q --no-install-recommends chromium fonts-noto-cjk \
+		|| (apt-get update -q && apt-get install -y -q --no-install-recommends chromium fonts-noto-cjk)); } \
+		|| echo "chromium is not installed: the browser tests will be skipped"
+
+test: $(VENV)/.dev browser
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev

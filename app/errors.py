@@ -161,7 +161,58 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+RETRY_AFTER_SECONDS = 2
+# Errors that mean "the database cannot be reached right now", not "this request is wrong".
+_UNAVAILABLE_NAMES = {
+    "ConnectionDoesNotExistError",  # asyncpg: the server closed the connection (restart)
+    "CannotConnectNowError",  # "the database system is starting up / shutting down"
+    "AdminShutdownError",  # "terminating connection due to administrator command"
+    "ConnectionFailureError",
+    "TooManyConnectionsError",
+    "InterfaceError",
+}
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True for a lost or refused database connection, a full pool, or SQLite's lock timeout,
+    anywhere along the exception's cause chain."""
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PoolTimeout | ConnectionError | TimeoutError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if type(current).__name__ in _UNAVAILABLE_NAMES:
+            return True
+        if "database is locked" in str(current) or "Multiple exceptions: [Errno 111]" in str(
+            current
+        ):
+            return True
+        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
+    return False
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if database_unavailable(exc):
+        log.warning(
+            "database unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+        )
+        return problem_response(
+            request,
+            503,
+            "service-unavailable",
+            "Service unavailable",
+            "The database is unavailable; retry shortly.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     # Logged with its traceback for us; the client learns nothing about our internals.
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(
@@ -190,10 +241,10 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracking)
-        except Exception:
+        except Exception as exc:
             if started:
                 raise
-            response = await _on_unexpected(Request(scope), Exception())
+            response = await _on_unexpected(Request(scope), exc)
             await response(scope, receive, send)
 
 

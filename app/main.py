@@ -15,6 +15,7 @@ from app import context, errors, migrate
 from app.api import auth, changes, crud, dashboard, exchange, ops, projects, stats, targets
 from app.api.deps import DecimalRoute, caller_name
 from app.config import Settings, get_settings
+from app.dashboard.openapi_tags import OPENAPI_TAGS
 from app.db import Database, make_engine
 from app.idempotency import Idempotency
 from app.limits import BodyLimit
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="园区招商项目登记 Park Investment Registry",
         version="1.0.0",
         description=DESCRIPTION,
+        openapi_tags=OPENAPI_TAGS,
         lifespan=lifespan,
         swagger_ui_parameters={
             "docExpansion": "none",

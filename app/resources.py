@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import FieldError, Invalid
 from app.models.chain import Chain, ChainCreate, ChainPublic, ChainRole
-from app.models.common import ListParams, partial
+from app.models.common import YEAR_MAX, YEAR_MIN, Id, ListParams, QueryText, partial
 from app.models.enterprise import Enterprise, EnterpriseCreate, EnterprisePublic
 from app.models.investment import Investment, InvestmentCreate, InvestmentKind, InvestmentPublic
 from app.models.park import Park, ParkCreate, ParkLevel, ParkPublic
@@ -77,53 +77,58 @@ async def investment_written(session: AsyncSession, record: Any, before: Any) ->
 
 
 class SourceFilters(ListParams):
-    publisher: str | None = Field(default=None, description="发布者")
+    publisher: QueryText | None = Field(default=None, description="发布者")
 
 
 class ParkFilters(ListParams):
     level: ParkLevel | None = Field(default=None, description="级别")
-    province: str | None = Field(default=None, description="省份")
-    city: str | None = Field(default=None, description="城市")
+    province: QueryText | None = Field(default=None, description="省份")
+    city: QueryText | None = Field(default=None, description="城市")
 
 
 class ChainFilters(ListParams):
-    park_id: int | None = Field(default=None, description="园区编号")
+    park_id: Id | None = Field(default=None, description="园区编号")
     role: ChainRole | None = Field(default=None, description="定位 leading/pillar/sector/other")
-    code: str | None = Field(default=None, description="代码")
+    code: QueryText | None = Field(default=None, description="代码")
 
 
 class EnterpriseFilters(ListParams):
-    park_id: int | None = Field(default=None, description="园区编号")
-    chain_id: int | None = Field(default=None, description="产业链编号")
-    credit_code: str | None = Field(default=None, description="统一社会信用代码")
+    park_id: Id | None = Field(default=None, description="园区编号")
+    chain_id: Id | None = Field(default=None, description="产业链编号")
+    credit_code: QueryText | None = Field(default=None, description="统一社会信用代码")
     is_high_tech: bool | None = Field(default=None, description="高新技术企业")
     is_above_scale: bool | None = Field(default=None, description="规上企业")
     is_leading: bool | None = Field(default=None, description="头部企业")
-    landed_year: int | None = Field(default=None, description="落地年份")
+    landed_year: int | None = Field(default=None, ge=YEAR_MIN, le=YEAR_MAX, description="落地年份")
 
 
 class ProjectFilters(ListParams):
-    park_id: int | None = Field(default=None, description="园区编号")
-    chain_id: int | None = Field(default=None, description="产业链编号")
-    enterprise_id: int | None = Field(default=None, description="企业编号")
+    park_id: Id | None = Field(default=None, description="园区编号")
+    chain_id: Id | None = Field(default=None, description="产业链编号")
+    enterprise_id: Id | None = Field(default=None, description="企业编号")
     stage: Stage | None = Field(default=None, description="阶段，如 signed 签约")
     is_key: bool | None = Field(default=None, description="重点项目")
-    year: int | None = Field(default=None, description="年度")
-    code: str | None = Field(default=None, description="项目代码")
+    year: int | None = Field(default=None, ge=YEAR_MIN, le=YEAR_MAX, description="年度")
+    code: QueryText | None = Field(default=None, description="项目代码")
     investment_conflict: bool | None = Field(default=None, description="投资额有冲突")
-    min_investment: Decimal | None = Field(default=None, ge=0, description="总投资下限（元，含）")
-    max_investment: Decimal | None = Field(default=None, ge=0, description="总投资上限（元，含）")
+    # The column's own precision: a bound it cannot hold cannot be bound to the query.
+    min_investment: Decimal | None = Field(
+        default=None, ge=0, max_digits=18, decimal_places=2, description="总投资下限（元，含）"
+    )
+    max_investment: Decimal | None = Field(
+        default=None, ge=0, max_digits=18, decimal_places=2, description="总投资上限（元，含）"
+    )
 
 
 class InvestmentFilters(ListParams):
-    project_id: int | None = Field(default=None, description="项目编号")
+    project_id: Id | None = Field(default=None, description="项目编号")
     kind: InvestmentKind | None = Field(default=None, description="类型")
-    source_id: int | None = Field(default=None, description="来源编号")
+    source_id: Id | None = Field(default=None, description="来源编号")
 
 
 class TargetFilters(ListParams):
-    park_id: int | None = Field(default=None, description="园区编号")
-    chain_id: int | None = Field(default=None, description="产业链编号")
+    park_id: Id | None = Field(default=None, description="园区编号")
+    chain_id: Id | None = Field(default=None, description="产业链编号")
     metric: Metric | None = Field(default=None, description="指标")
     recurrence: Recurrence | None = Field(default=None, description="周期")
 

@@ -28,7 +28,7 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def wait_until_up(base: str, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
+def wait_until_up(base: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -53,6 +53,7 @@ async def login(
     "/auth/me",
     tags=[AUTH_TAG],
     summary="当前身份",
+    description="返回当前令牌代表的用户或服务令牌及其角色；未登录返回 401。 Who am I.",
     operation_id="whoami",
     responses={401: {"description": "未登录"}},
 )
@@ -67,6 +68,7 @@ async def whoami(principal: CurrentPrincipal) -> dict[str, str]:
     response_model=list[UserPublic],
     tags=[ADMIN_TAG],
     summary="列出用户（管理员）",
+    description="全部工作人员账号及其角色、是否启用；不含密码。 All staff accounts (admin only).",
     operation_id="list_users",
     dependencies=[IsAdmin],
 )
@@ -80,6 +82,7 @@ async def list_users(session: ReadSession) -> list[UserPublic]:
     status_code=201,
     tags=[ADMIN_TAG],
     summary="新建用户（管理员）",
+    description="角色 viewer 只读 / editor 可写登记数据 / admin 另可管理用户与令牌；密码只保存哈希。",
     operation_id="create_user",
     dependencies=[IsAdmin],
     responses=responses(409, 422),
@@ -95,12 +98,15 @@ async def create_user(session: WriteSession, body: UserCreate, response: Respons
     response_model=UserPublic,
     tags=[ADMIN_TAG],
     summary="修改用户：角色、密码、停用（管理员）",
+    description="只改请求里给出的字段；`is_active: false` 停用账号，已签发的令牌在过期前仍有效。",
     operation_id="update_user",
     dependencies=[IsAdmin],
     responses=responses(404, 422),
 )
 async def update_user(
-    session: WriteSession, user_id: Annotated[int, Path(alias="id", ge=1)], body: UserUpdate
+    session: WriteSession,
+    user_id: Annotated[int, Path(alias="id", ge=1, description="用户编号")],
+    body: UserUpdate,
 ) -> UserPublic:
     return UserPublic.model_validate(await user_service.update_user(session, user_id, body))
 
@@ -110,6 +116,7 @@ async def update_user(
     response_model=list[TokenPublic],
     tags=[ADMIN_TAG],
     summary="列出服务令牌（管理员）",
+    description="服务令牌的名称、权限、过期与吊销时间；令牌原文只在新建时显示一次。",
     operation_id="list_tokens",
     dependencies=[IsAdmin],
 )
@@ -123,6 +130,7 @@ async def list_tokens(session: ReadSession) -> list[TokenPublic]:
     status_code=201,
     tags=[ADMIN_TAG],
     summary="新建服务令牌（管理员；令牌原文只显示一次）",
+    description="供其他系统调用：`Authorization: Bearer pir_…`。权限 read 只读 / write 可写 / admin 管理。",
     operation_id="create_token",
     responses=responses(409, 422),
 )
@@ -139,12 +147,14 @@ async def create_token(
     status_code=204,
     tags=[ADMIN_TAG],
     summary="吊销服务令牌（管理员）",
+    description="吊销后该令牌立即失效；记录保留供审计。 Revoked at once; kept for the audit.",
     operation_id="revoke_token",
     dependencies=[IsAdmin],
     responses=responses(404, 422),
 )
 async def revoke_token(
-    session: WriteSession, token_id: Annotated[int, Path(alias="id", ge=1)]
+    session: WriteSession,
+    token_id: Annotated[int, Path(alias="id", ge=1, description="令牌编号")],
 ) -> Response:
     await user_service.revoke_token(session, token_id)
     return Response(status_code=204)

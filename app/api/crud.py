@@ -2,13 +2,14 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from app.api.deps import CanRead, CanWrite, IfMatch, IfNoneMatch, ReadSession, WriteSession
-from app.errors import NotFound, responses
+from app.errors import Invalid, NotFound, responses
 from app.models.change import ChangePublic
-from app.models.common import Page
+from app.models.common import MAX_ID, Page
+from app.resources import BY_NAME
 from app.services import batch, changes, records
 from app.services.records import ResourceSpec
 
@@ -42,7 +43,20 @@ class BatchResponseItem(batch.BatchResult):
 
 
 class BatchResponse(BaseModel):
-    items: list[BatchResponseItem]
+    items: list[BatchResponseItem] = Field(description="每项的结果，顺序同请求 (one per item)")
+
+
+async def single_valued_query(request: Request) -> None:
+    """Every list parameter takes one value: `?stage=signed&stage=planning` is refused with a
+    422 naming it, instead of being read as whichever came last."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise Invalid.field(key, f"'{key}' is given more than once", "query")
+        seen.add(key)
+
+
+SingleValuedQuery = Depends(single_valued_query)
 
 
 def tag(spec: ResourceSpec) -> str:
@@ -58,9 +72,12 @@ def add_crud_routes(
     Filters: Any = spec.filters
     page_model: Any = Page[Public]  # type: ignore[valid-type]
     base = f"/{spec.name}"
-    item = f"{base}/{{id}}"
+    # `:int` so that a sibling path (`/parks/batch`, `/projects/export`) with another method
+    # is answered 405 by the router instead of reaching this route as a malformed id (422).
+    item = f"{base}/{{id:int}}"
     tags: list[str | Any] = [tag(spec)]
-    RecordId = Annotated[int, Path(alias="id", description=f"{spec.title_zh}编号", ge=1)]
+    RecordId = Annotated[int, Path(alias="id", description=f"{spec.title_zh}编号", ge=1, le=MAX_ID)]
+    links = record_links(spec)
     create_examples = (
         {"seed": {"summary": "示例（来自种子数据）", "value": examples}} if examples else None
     )
@@ -76,7 +93,7 @@ def add_crud_routes(
             f"可排序字段: {', '.join(spec.sort_fields)}。"
         ),
         operation_id=f"list_{spec.name}",
-        dependencies=[CanRead],
+        dependencies=[CanRead, SingleValuedQuery],
         responses=responses(422),
     )
     async def list_records(session: ReadSession, params: Annotated[Filters, Query()]) -> Response:
@@ -93,6 +110,7 @@ def add_crud_routes(
         operation_id=f"create_{spec.singular}",
         dependencies=[CanWrite],
         responses=responses(409, 422),
+        openapi_extra={"responses": {"201": {"links": links}}},
     )
     async def create_record(
         session: WriteSession, body: Annotated[Create, Body(openapi_examples=create_examples)]
@@ -113,6 +131,7 @@ def add_crud_routes(
         operation_id=f"put_{spec.singular}_by_external_id",
         dependencies=[CanWrite],
         responses={**responses(409, 412, 422), 201: {"description": "已新建 (created)"}},
+        openapi_extra={"responses": {"200": {"links": links}, "201": {"links": links}}},
     )
     async def put_record(
         session: WriteSession,
@@ -199,6 +218,7 @@ def add_crud_routes(
         operation_id=f"update_{spec.singular}",
         dependencies=[CanWrite],
         responses=responses(404, 409, 412, 422),
+        openapi_extra={"responses": {"200": {"links": links}}},
     )
     async def update_record(
         session: WriteSession,
@@ -224,6 +244,46 @@ def add_crud_routes(
     ) -> Response:
         await records.delete(session, spec, record_id, if_match)
         return Response(status_code=204)
+
+
+def record_links(spec: ResourceSpec) -> dict[str, Any]:
+    """OpenAPI links from a response carrying one record (create, update, put): read it, its
+    history, update it or delete it at the version just returned, and create its children
+    under it. Clients generated from the document, and schemathesis's stateful phase, follow
+    them to chain create → read → update → delete."""
+    by_id = {"id": "$response.body#/id"}
+    at_version = {**by_id, "header.If-Match": "$response.header.ETag"}
+    links: dict[str, Any] = {
+        f"get_{spec.singular}": {
+            "operationId": f"get_{spec.singular}",
+            "parameters": by_id,
+            "description": f"读取这条{spec.title_zh} (read it)",
+        },
+        f"get_{spec.singular}_history": {
+            "operationId": f"get_{spec.singular}_history",
+            "parameters": by_id,
+            "description": "它的修改历史 (its history)",
+        },
+        f"update_{spec.singular}": {
+            "operationId": f"update_{spec.singular}",
+            "parameters": at_version,
+            "description": "在刚返回的版本上修改 (update at this version)",
+        },
+        f"delete_{spec.singular}": {
+            "operationId": f"delete_{spec.singular}",
+            "parameters": at_version,
+            "description": "在刚返回的版本上删除 (delete at this version)",
+        },
+    }
+    for child in spec.children:
+        other = BY_NAME[child.resource]
+        links[f"create_{other.singular}_under_it"] = {
+            "operationId": f"create_{other.singular}",
+            # Merged into the request body: the new record refers to this one.
+            "requestBody": {child.fk: "$response.body#/id"},
+            "description": f"在它之下新建{other.title_zh} (a {other.singular} that refers to it)",
+        }
+    return links
 
 
 def model_example(model: type[BaseModel]) -> dict[str, Any]:

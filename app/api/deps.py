@@ -98,8 +98,11 @@ _bearer = HTTPBearer(
 )
 
 
-async def principal_from(app: Any, authorization: str | None) -> Principal | None:
-    """Both schemes read the same `Authorization: Bearer` header; the token's shape tells which."""
+async def principal_from(
+    app: Any, authorization: str | None, session: AsyncSession | None = None
+) -> Principal | None:
+    """Both schemes read the same `Authorization: Bearer` header; the token's shape tells which.
+    A service token is looked up on every request, so revoking it takes effect at once."""
     if authorization is None:
         return None
     scheme, _, token = authorization.partition(" ")
@@ -107,9 +110,11 @@ async def principal_from(app: Any, authorization: str | None) -> Principal | Non
         raise Unauthorized("use Authorization: Bearer <token>")
     token = token.strip()
     if token.startswith(security.TOKEN_PREFIX):
-        db: Database = app.state.db
-        async with db.reader() as session:
+        if session is not None:
             return await user_service.principal_for_token(session, token)
+        db: Database = app.state.db
+        async with db.reader() as own:
+            return await user_service.principal_for_token(own, token)
     return security.read_access_token(app.state.settings, token)
 
 
@@ -122,10 +127,11 @@ async def caller_name(app: Any, headers: list[tuple[bytes, bytes]]) -> str | Non
 
 async def _principal(
     request: Request,
+    session: ReadSession,  # the same session a read route then uses: one checkout per request
     _staff: Annotated[str | None, Security(_oauth2)],
     _service: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Principal | None:
-    return await principal_from(request.app, request.headers.get("authorization"))
+    return await principal_from(request.app, request.headers.get("authorization"), session)
 
 
 def require(role: Role) -> Any:

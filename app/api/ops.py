@@ -9,7 +9,12 @@ from app.db import Database
 router = APIRouter(tags=["运维 Operations"])
 
 
-@router.get("/healthz", summary="存活检查 (liveness)", operation_id="healthz")
+@router.get(
+    "/healthz",
+    summary="存活检查 (liveness)",
+    description="进程在运行即返回 200，不查数据库；供负载均衡器探活。",
+    operation_id="healthz",
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -17,6 +22,7 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="就绪检查：数据库可达且迁移到最新 (readiness)",
+    description="数据库可达且 schema 已迁移到最新版本时返回 200，否则 503；不就绪的实例不应接流量。",
     operation_id="readyz",
     responses={503: {"description": "数据库不可达或迁移未到最新"}},
 )

@@ -35,8 +35,8 @@ class InvestmentGroup(BaseModel):
 
 
 class InvestmentStats(BaseModel):
-    group_by: GroupBy
-    items: list[InvestmentGroup]
+    group_by: GroupBy = Field(description="分组方式: chain 产业链 / stage 阶段 / year 年份")
+    items: list[InvestmentGroup] = Field(description="每组一行；未填写的分组（空）排在最后")
 
 
 @router.get(

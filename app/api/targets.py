@@ -30,14 +30,16 @@ Year = Annotated[int, Query(ge=1949, le=2100, description="统计年份", exampl
 
 
 class Counted(BaseModel):
-    resource: str = Field(examples=["projects"])
-    id: int
-    name: str
+    resource: str = Field(
+        description="资源: projects 项目 / enterprises 企业", examples=["projects"]
+    )
+    id: int = Field(description="记录编号", examples=[1])
+    name: str = Field(description="名称", examples=["鲁南大数据中心"])
 
 
 class TargetProgress(BaseModel):
-    target: TargetPublic
-    year: int = Field(description="统计年份")
+    target: TargetPublic = Field(description="目标本身 (the target)")
+    year: int = Field(description="统计年份", examples=[2021])
     in_period: bool = Field(description="该年是否在目标期内")
     computable: bool = Field(description="能否由登记册计算（产值等不在登记册中）")
     target_value: DecimalString = Field(description="目标值")
@@ -48,9 +50,9 @@ class TargetProgress(BaseModel):
 
 
 class Scorecard(BaseModel):
-    chain: ChainPublic
-    year: int
-    items: list[TargetProgress]
+    chain: ChainPublic = Field(description="产业链 (the chain)")
+    year: int = Field(description="统计年份", examples=[2021])
+    items: list[TargetProgress] = Field(description="该产业链每个目标的完成进度")
 
 
 def _public(p: target_service.Progress) -> TargetProgress:
@@ -78,7 +80,9 @@ def _public(p: target_service.Progress) -> TargetProgress:
     responses=responses(404, 422),
 )
 async def target_progress(
-    session: ReadSession, target_id: Annotated[int, Path(alias="id", ge=1)], year: Year
+    session: ReadSession,
+    target_id: Annotated[int, Path(alias="id", ge=1, description="目标编号")],
+    year: Year,
 ) -> TargetProgress:
     target = await records.get_live(session, TARGETS, target_id)
     return _public(await target_service.progress(session, target, year))
@@ -95,7 +99,9 @@ async def target_progress(
     responses=responses(404, 422),
 )
 async def chain_scorecard(
-    session: ReadSession, chain_id: Annotated[int, Path(alias="id", ge=1)], year: Year
+    session: ReadSession,
+    chain_id: Annotated[int, Path(alias="id", ge=1, description="产业链编号")],
+    year: Year,
 ) -> Scorecard:
     chain = await records.get_live(session, CHAINS, chain_id)
     items = [

@@ -3,7 +3,7 @@ from enum import StrEnum
 from sqlalchemy import String, UniqueConstraint
 from sqlmodel import Field
 
-from app.models.common import Code, CreateModel, Name, RecordColumns, RecordPublic
+from app.models.common import Code, CreateModel, Name, RecordColumns, RecordPublic, Ref
 from app.models.provenance import Provenance
 
 
@@ -17,7 +17,12 @@ class ChainRole(StrEnum):
 
 
 class ChainBase(Provenance):
-    park_id: int = Field(foreign_key="park.id", index=True, description="所属园区编号")
+    park_id: Ref = Field(
+        foreign_key="park.id",
+        index=True,
+        description="所属园区编号 (park id)",
+        schema_extra={"examples": [1]},
+    )
     code: Code = Field(
         sa_type=String(64), description="代码，园区内唯一", schema_extra={"examples": ["lithium"]}
     )

@@ -36,12 +36,18 @@ class ChangePublic(BaseModel):
     seq: int = PydanticField(description="序号，严格递增 (strictly increasing)")
     resource: str = PydanticField(description="资源名，如 projects", examples=["projects"])
     id: int = PydanticField(description="记录编号")
-    external_id: str | None = None
-    op: str = PydanticField(description="create / update / delete", examples=["update"])
-    version: int
-    changed_at: datetime
+    external_id: str | None = PydanticField(
+        default=None, description="记录的外部系统编号 (the record's external_id)"
+    )
+    op: str = PydanticField(
+        description="操作: create 新建 / update 修改 / delete 删除", examples=["update"]
+    )
+    version: int = PydanticField(description="变更后的版本号 (version after the change)")
+    changed_at: datetime = PydanticField(description="变更时间 (UTC)")
     actor: str | None = PydanticField(description="写入者 (who made the change)")
-    request_id: str | None = None
+    request_id: str | None = PydanticField(
+        default=None, description="请求编号，对应日志中的 X-Request-ID (request id)"
+    )
     data: dict[str, Any] | None = PydanticField(description="变更后的记录；删除时为空 (tombstone)")
 
     @classmethod
@@ -61,7 +67,7 @@ class ChangePublic(BaseModel):
 
 
 class ChangePage(BaseModel):
-    items: list[ChangePublic]
+    items: list[ChangePublic] = PydanticField(description="按 seq 升序的变更 (changes, by seq)")
     last_seq: int = PydanticField(description="本页最后一个 seq；下次以 after=last_seq 继续")
 
 

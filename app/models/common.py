@@ -1,18 +1,21 @@
 """What every resource shares: record columns, validated field types, the public envelope."""
 
+import re
 from copy import copy
-from datetime import datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     PlainSerializer,
     StringConstraints,
     create_model,
 )
+from pydantic_core import PydanticCustomError
 from sqlalchemy import MetaData
 from sqlmodel import Field, SQLModel
 
@@ -28,23 +31,99 @@ SQLModel.metadata.naming_convention = {
 }
 metadata: MetaData = SQLModel.metadata
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)]
+# PostgreSQL cannot store a NUL character in text (a 500 from the driver before this).
+NO_NUL = r"^[^\x00]*$"
+
+
+def _strip(min_length: int) -> Any:
+    def strip(value: str) -> str:
+        value = value.strip()
+        if len(value) < min_length:
+            raise PydanticCustomError(
+                "string_too_short",
+                "String should have at least {min_length} character",
+                {"min_length": min_length},
+            )
+        return value
+
+    return strip
+
+
+# Limits apply to the text as the client sent it, as the OpenAPI document states them
+# (pydantic's strip_whitespace strips first, so 4,010 characters with trailing blanks passed a
+# 4,000 limit); surrounding whitespace is dropped after, and what remains may not be blank.
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL), AfterValidator(_strip(1))
+]
+Code = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL), AfterValidator(_strip(1))
+]
+ShortName = Annotated[  # for VARCHAR(100) columns
+    str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL), AfterValidator(_strip(1))
+]
+Text = Annotated[str, StringConstraints(max_length=4000, pattern=NO_NUL), AfterValidator(_strip(0))]
 ExternalId = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^/\s]+$"),
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^/\s\x00]+$"
+    ),
 ]
-Year = Annotated[int, Field(ge=1949, le=2100)]
+# A text query parameter: any text but NUL.
+QueryText = Annotated[str, StringConstraints(pattern=NO_NUL)]
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON body's integer is a JSON number (5, or 5.0, which JSON Schema counts as the same
+    integer), never "5" or true: the OpenAPI document says integer, so pydantic's lax reading
+    of text and booleans as numbers would accept what the contract refuses. Body booleans are
+    StrictBool for the same reason (no 0 or "yes")."""
+    if isinstance(value, str | bool):
+        raise ValueError("expected an integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+YEAR_MIN, YEAR_MAX = 1949, 2100
+Year = Annotated[JsonInt, Field(ge=YEAR_MIN, le=YEAR_MAX)]
+# Ids are INTEGER columns (int4 on PostgreSQL): a larger number names no record, and the
+# drivers refuse to bind it (a 500 before this bound existed).
+MAX_ID = 2**31 - 1
+# An id in a path or query string (text, so parsed as a number) ...
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+# ... and a reference to another record in a JSON body.
+Ref = Annotated[JsonInt, Field(ge=1, le=MAX_ID)]
 
 
 def _aware(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("a time zone offset is required (e.g. 2026-01-01T00:00:00+08:00)")
+    return value.astimezone(UTC)  # stored, compared and answered in UTC
+
+
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _iso_text(value: Any) -> Any:
+    """Pydantic would read a number (or a numeric string, as in a query) as a Unix timestamp;
+    the OpenAPI document promises ISO 8601 text, so only that is taken."""
+    if isinstance(value, int | float | Decimal) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value)
+    ):
+        raise ValueError("expected ISO 8601 text (e.g. 2026-01-01T00:00:00+08:00), not a number")
     return value
 
 
-AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+def _iso_date(value: Any) -> Any:
+    # Same reason: pydantic also reads 0 or "2021-03-25T00:00:00" as a date.
+    if isinstance(value, date) or (
+        isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)
+    ):
+        return value
+    raise ValueError("expected a date as YYYY-MM-DD")
+
+
+AwareDatetime = Annotated[datetime, BeforeValidator(_iso_text), AfterValidator(_aware)]
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 # Pydantic would write a Decimal as a string anyway; saying so keeps the OpenAPI schema honest.
 DecimalString = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str)]
 
@@ -93,7 +172,7 @@ T = TypeVar("T")
 
 
 class Page(BaseModel, Generic[T]):
-    items: list[T]
+    items: list[T] = Field(description="本页记录 (the records of this page)")
     next_cursor: str | None = Field(
         description="下一页游标；为空表示已到末页 (opaque keyset cursor; null on the last page)"
     )
@@ -107,15 +186,17 @@ class ListParams(BaseModel):
     limit: int = Field(
         default=50, ge=1, le=500, description="每页条数，默认 50，最多 500；超过返回 422"
     )
-    cursor: str | None = Field(default=None, description="上一页返回的 next_cursor")
-    sort: str | None = Field(
+    cursor: QueryText | None = Field(default=None, description="上一页返回的 next_cursor")
+    sort: QueryText | None = Field(
         default=None,
         description="排序字段，逗号分隔，前缀 - 表示降序，如 `-updated_at,name`；总以 id 兜底",
     )
-    q: str | None = Field(
+    q: QueryText | None = Field(
         default=None, min_length=1, max_length=100, description="名称模糊搜索，支持中文子串"
     )
-    external_id: str | None = None
+    external_id: QueryText | None = Field(
+        default=None, description="按外部系统编号精确查找 (exact external_id)"
+    )
     updated_after: AwareDatetime | None = Field(
         default=None, description="只列出此时间之后更新的记录 (for catch-up sync)"
     )

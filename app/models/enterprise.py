@@ -1,20 +1,29 @@
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StrictBool
 from sqlalchemy import String
 from sqlmodel import Field
 
 from app import credit_code
-from app.models.common import CreateModel, Name, RecordColumns, RecordPublic, Year
+from app.models.common import CreateModel, Name, RecordColumns, RecordPublic, Ref, Year
 from app.models.provenance import Provenance
 
 CreditCode = Annotated[str, AfterValidator(credit_code.validate)]
 
 
 class EnterpriseBase(Provenance):
-    park_id: int = Field(foreign_key="park.id", index=True, description="所属园区编号")
-    chain_id: int | None = Field(
-        default=None, foreign_key="chain.id", index=True, description="所属产业链编号"
+    park_id: Ref = Field(
+        foreign_key="park.id",
+        index=True,
+        description="所属园区编号 (park id)",
+        schema_extra={"examples": [1]},
+    )
+    chain_id: Ref | None = Field(
+        default=None,
+        foreign_key="chain.id",
+        index=True,
+        description="所属产业链编号 (chain id)",
+        schema_extra={"examples": [4]},
     )
     name: Name = Field(
         description="企业名称", schema_extra={"examples": ["交大智邦（枣庄）数字科技有限公司"]}
@@ -23,14 +32,30 @@ class EnterpriseBase(Provenance):
         default=None,
         sa_type=String(18),
         unique=True,
-        description="统一社会信用代码 (18 位，按 GB 32100 校验；可空)",
-        schema_extra={"examples": ["91350100M000100Y43"]},
+        description=(
+            "统一社会信用代码：18 位，按 GB 32100 校验位校验；不知道就留空，切勿编造。"
+            "第二个示例只演示格式 (unified social credit code; null when unknown)"
+        ),
+        schema_extra={"examples": [None, "91350100M000100Y43"]},
     )
-    is_high_tech: bool = Field(default=False, description="高新技术企业")
-    is_above_scale: bool = Field(default=False, description="规上企业")
-    is_leading: bool = Field(default=False, description="头部企业 / 链主企业")
+    is_high_tech: StrictBool = Field(
+        default=False,
+        description="高新技术企业（当前是否认定）(certified high-tech enterprise)",
+        schema_extra={"examples": [False]},
+    )
+    is_above_scale: StrictBool = Field(
+        default=False,
+        description="规上企业：规模以上工业企业 (above-scale industrial enterprise)",
+        schema_extra={"examples": [False]},
+    )
+    is_leading: StrictBool = Field(
+        default=False,
+        description="头部企业 / 链主企业：计入「每年招引落地头部企业」目标 (leading enterprise)",
+        schema_extra={"examples": [False]},
+    )
     landed_year: Year | None = Field(
-        default=None, description="落地年份 (year the enterprise landed)"
+        default=None,
+        description="落地年份：头部企业按此年计入当年目标；未知为空 (year the enterprise landed)",
     )
 
 

@@ -1,4 +1,3 @@
-from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
@@ -7,7 +6,14 @@ from sqlalchemy import String
 from sqlmodel import Field
 
 from app.db_types import ExactDecimal
-from app.models.common import CreateModel, DecimalString, RecordColumns, RecordPublic
+from app.models.common import (
+    CreateModel,
+    DecimalString,
+    IsoDate,
+    RecordColumns,
+    RecordPublic,
+    Ref,
+)
 from app.models.provenance import Provenance
 from app.money import MoneyUnit, display
 
@@ -22,6 +28,8 @@ class InvestmentKind(StrEnum):
 
 
 class Currency(StrEnum):
+    """CNY 人民币"""
+
     CNY = "CNY"
 
 
@@ -31,12 +39,22 @@ KIND_DOC = (
 
 
 class InvestmentBase(Provenance):
-    project_id: int = Field(foreign_key="project.id", index=True, description="所属项目编号")
+    project_id: Ref = Field(
+        foreign_key="project.id",
+        index=True,
+        description="所属项目编号 (project id)",
+        schema_extra={"examples": [1]},
+    )
     kind: InvestmentKind = Field(
         sa_type=String(20), description=KIND_DOC, schema_extra={"examples": ["planned_total"]}
     )
-    currency: Currency = Field(default=Currency.CNY, sa_type=String(3), description="币种，仅 CNY")
-    as_of_date: date | None = Field(default=None, description="截至日期")
+    currency: Currency = Field(
+        default=Currency.CNY,
+        sa_type=String(3),
+        description="币种：目前仅 CNY 人民币 (currency; CNY only)",
+        schema_extra={"examples": ["CNY"]},
+    )
+    as_of_date: IsoDate | None = Field(default=None, description="截至日期")
 
 
 class Investment(InvestmentBase, RecordColumns, table=True):
@@ -50,7 +68,11 @@ AMOUNT_IN_DOC = '金额，按 unit 换算成元后须精确到分，不可为负
 
 class InvestmentCreate(InvestmentBase, CreateModel):
     amount: Decimal = Field(description=AMOUNT_IN_DOC, schema_extra={"examples": ["30"]})
-    unit: MoneyUnit = Field(default=MoneyUnit.YUAN, description="金额单位: 元 / 万元 / 亿元")
+    unit: MoneyUnit = Field(
+        default=MoneyUnit.YUAN,
+        description="amount 的单位: 元 / 万元 / 亿元，默认 元；存储时一律换算成元 (unit of amount)",
+        schema_extra={"examples": ["亿元"]},
+    )
 
 
 class InvestmentPublic(InvestmentBase, RecordPublic):

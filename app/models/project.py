@@ -1,7 +1,7 @@
 from decimal import Decimal
 from enum import StrEnum
 
-from pydantic import computed_field
+from pydantic import StrictBool, computed_field
 from sqlalchemy import String
 from sqlmodel import Field
 
@@ -13,6 +13,7 @@ from app.models.common import (
     Name,
     RecordColumns,
     RecordPublic,
+    Ref,
     Year,
 )
 from app.models.provenance import Provenance
@@ -37,15 +38,31 @@ LANDED_STAGES = (Stage.signed, Stage.under_construction, Stage.completed, Stage.
 
 
 class ProjectBase(Provenance):
-    park_id: int = Field(foreign_key="park.id", index=True, description="所属园区编号")
-    chain_id: int | None = Field(
-        default=None, foreign_key="chain.id", index=True, description="所属产业链编号"
+    park_id: Ref = Field(
+        foreign_key="park.id",
+        index=True,
+        description="所属园区编号 (park id)",
+        schema_extra={"examples": [1]},
     )
-    enterprise_id: int | None = Field(
-        default=None, foreign_key="enterprise.id", index=True, description="所属企业编号"
+    chain_id: Ref | None = Field(
+        default=None,
+        foreign_key="chain.id",
+        index=True,
+        description="所属产业链编号；空表示未归入产业链 (chain id)",
+        schema_extra={"examples": [5]},
+    )
+    enterprise_id: Ref | None = Field(
+        default=None,
+        foreign_key="enterprise.id",
+        index=True,
+        description="所属企业编号；运营主体未知时为空 (enterprise id)",
+        schema_extra={"examples": [None, 1]},
     )
     code: Code | None = Field(
-        default=None, sa_type=String(64), unique=True, description="项目代码（可空，唯一）"
+        default=None,
+        sa_type=String(64),
+        unique=True,
+        description="项目代码（如发改委项目代码）；可空，全局唯一 (project code)",
     )
     name: Name = Field(description="项目名称", schema_extra={"examples": ["鲁南大数据中心"]})
     stage: Stage = Field(
@@ -57,9 +74,17 @@ class ProjectBase(Provenance):
         ),
         schema_extra={"examples": ["operating"]},
     )
-    is_key: bool = Field(default=False, index=True, description="重点项目")
+    is_key: StrictBool = Field(
+        default=False,
+        index=True,
+        description="重点项目：计入 key_projects「每年100个重点项目」目标 (key project)",
+        schema_extra={"examples": [False]},
+    )
     year: Year | None = Field(
-        default=None, index=True, description="年度", schema_extra={"examples": [2021]}
+        default=None,
+        index=True,
+        description="项目年度：按此年计入当年目标；未知为空 (project year)",
+        schema_extra={"examples": [2021]},
     )
 
 
@@ -92,4 +117,5 @@ class ProjectPublic(ProjectBase, RecordPublic):
     investment_conflict: bool = Field(
         default=False,
         description="投资额冲突：计划总投资与报道额记录的金额不一致 (records disagree)",
+        schema_extra={"examples": [True]},
     )

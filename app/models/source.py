@@ -1,9 +1,7 @@
-from datetime import date
-
 from sqlalchemy import JSON
 from sqlmodel import Field, SQLModel
 
-from app.models.common import CreateModel, Name, RecordColumns, RecordPublic, Text
+from app.models.common import CreateModel, IsoDate, Name, RecordColumns, RecordPublic, Text
 
 
 class SourceBase(SQLModel):
@@ -22,7 +20,7 @@ class SourceBase(SQLModel):
         description="作者 (authors)",
         schema_extra={"examples": [["赵健健", "秦政", "姚冲"]]},
     )
-    published_date: date | None = Field(default=None, description="发布日期 (publication date)")
+    published_date: IsoDate | None = Field(default=None, description="发布日期 (publication date)")
     url: Text | None = Field(default=None, description="链接 (URL)")
     note: Text | None = Field(default=None, description="备注 (note)")
 

@@ -5,7 +5,15 @@ from sqlalchemy import String
 from sqlmodel import Field
 
 from app.db_types import ExactDecimal
-from app.models.common import CreateModel, DecimalString, Name, RecordColumns, RecordPublic, Year
+from app.models.common import (
+    CreateModel,
+    DecimalString,
+    Name,
+    RecordColumns,
+    RecordPublic,
+    Ref,
+    Year,
+)
 from app.models.provenance import Provenance
 
 
@@ -31,12 +39,18 @@ class Recurrence(StrEnum):
 
 
 class TargetBase(Provenance):
-    park_id: int = Field(foreign_key="park.id", index=True, description="所属园区编号")
-    chain_id: int | None = Field(
+    park_id: Ref = Field(
+        foreign_key="park.id",
+        index=True,
+        description="所属园区编号 (park id)",
+        schema_extra={"examples": [1]},
+    )
+    chain_id: Ref | None = Field(
         default=None,
         foreign_key="chain.id",
         index=True,
-        description="所属产业链编号（园区级目标为空）",
+        description="所属产业链编号；园区级目标为空 (chain id; null for a park-level target)",
+        schema_extra={"examples": [1]},
     )
     metric: Metric = Field(
         sa_type=String(40),
@@ -52,7 +66,9 @@ class TargetBase(Provenance):
         default=None, description="起始年份", schema_extra={"examples": [2021]}
     )
     period_end_year: Year | None = Field(
-        default=None, description="截止年份", schema_extra={"examples": [2023]}
+        default=None,
+        description="截止年份；空表示未限定 (last year; null when open-ended)",
+        schema_extra={"examples": [None, 2023]},
     )
     recurrence: Recurrence = Field(
         sa_type=String(10),

@@ -3,12 +3,12 @@
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, StrictBool
 from sqlalchemy import JSON, Index, String
 from sqlmodel import Field, SQLModel
 
 from app.db_types import UTCDateTime
-from app.models.common import Name
+from app.models.common import AwareDatetime, ShortName
 
 
 class Role(StrEnum):
@@ -20,7 +20,7 @@ class Role(StrEnum):
 
 
 class Scope(StrEnum):
-    """read → viewer, write → editor, admin → admin"""
+    """read 只读（同 viewer）, write 可写（同 editor）, admin 管理（同 admin）"""
 
     read = "read"
     write = "write"
@@ -66,9 +66,7 @@ class LoginFailure(SQLModel, table=True):
 class UserCreate(SQLModel):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
-    username: Name = Field(
-        max_length=100, description="用户名", schema_extra={"examples": ["zhangsan"]}
-    )
+    username: ShortName = Field(description="用户名", schema_extra={"examples": ["zhangsan"]})
     password: str = Field(min_length=8, max_length=200, description="密码（至少 8 位）")
     role: Role = Field(description="角色: viewer 只读 / editor 编辑 / admin 管理员")
 
@@ -76,42 +74,49 @@ class UserCreate(SQLModel):
 class UserUpdate(SQLModel):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
-    password: str | None = Field(default=None, min_length=8, max_length=200)
-    role: Role | None = None
-    is_active: bool | None = None
+    password: str | None = Field(
+        default=None, min_length=8, max_length=200, description="新密码（至少 8 位）；不改则不填"
+    )
+    role: Role | None = Field(
+        default=None, description="新角色: viewer 只读 / editor 编辑 / admin 管理员"
+    )
+    is_active: StrictBool | None = Field(
+        default=None, description="false 停用账号（不能再登录）；true 重新启用"
+    )
 
 
 class UserPublic(SQLModel):
-    id: int
-    username: str
-    role: Role
-    is_active: bool
-    created_at: datetime
-    updated_at: datetime
+    id: int = Field(description="用户编号 (user id)")
+    username: str = Field(description="用户名", schema_extra={"examples": ["zhangsan"]})
+    role: Role = Field(description="角色: viewer 只读 / editor 编辑 / admin 管理员")
+    is_active: bool = Field(description="是否启用；停用的账号不能登录")
+    created_at: datetime = Field(description="创建时间 (UTC)")
+    updated_at: datetime = Field(description="更新时间 (UTC)")
 
 
 class TokenCreate(SQLModel):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
-    name: Name = Field(
-        max_length=100,
+    name: ShortName = Field(
         description="令牌名称（用于审计）",
         schema_extra={"examples": ["sync-service"]},
     )
     scopes: list[Scope] = Field(min_length=1, description="权限: read / write / admin")
-    expires_at: datetime | None = Field(
-        default=None, description="过期时间（UTC，带时区）；空为不过期"
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="过期时间（须带时区，按 UTC 保存）；空为不过期"
     )
 
 
 class TokenPublic(SQLModel):
-    id: int
-    name: str
-    scopes: list[Scope]
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    created_at: datetime
-    created_by: str | None
+    id: int = Field(description="令牌编号 (token id)")
+    name: str = Field(
+        description="令牌名称（用于审计）", schema_extra={"examples": ["sync-service"]}
+    )
+    scopes: list[Scope] = Field(description="权限: read 只读 / write 可写 / admin 管理")
+    expires_at: datetime | None = Field(description="过期时间 (UTC)；空为不过期")
+    revoked_at: datetime | None = Field(description="吊销时间 (UTC)；空为有效")
+    created_at: datetime = Field(description="创建时间 (UTC)")
+    created_by: str | None = Field(description="创建者 (who created it)")
 
 
 class TokenCreated(TokenPublic):
@@ -119,6 +124,8 @@ class TokenCreated(TokenPublic):
 
 
 class AccessToken(SQLModel):
-    access_token: str
-    token_type: str = "bearer"
-    expires_in: int = Field(description="有效秒数")
+    access_token: str = Field(
+        description="访问令牌 (JWT)；以 `Authorization: Bearer <access_token>` 发送"
+    )
+    token_type: str = Field(default="bearer", description="令牌类型，固定为 bearer")
+    expires_in: int = Field(description="有效秒数 (seconds until it expires)")

@@ -21,7 +21,7 @@ from sqlmodel import SQLModel
 
 from app.db_types import ExactDecimal, UTCDateTime, utcnow
 from app.errors import Conflict, FieldError, Invalid, NotFound, PreconditionFailed
-from app.models.common import ListParams
+from app.models.common import MAX_ID, ListParams
 from app.services import changes
 
 Hook = Callable[[AsyncSession, Any, dict[str, Any]], Awaitable[None]]
@@ -72,6 +72,10 @@ class ResourceSpec:
 async def get_live(
     session: AsyncSession, spec: ResourceSpec, record_id: int, *, lock: bool = False
 ) -> Any:
+    if not 1 <= record_id <= MAX_ID:
+        # No record has such an id, and the drivers refuse to bind one beyond INTEGER
+        # (a 500 on /projects/{huge}/investments, /chains/{huge}/scorecard, batch items).
+        raise NotFound(f"{spec.singular} {record_id} does not exist")
     stmt = select(spec.model).where(
         spec.column("id") == record_id, spec.column("deleted_at").is_(None)
     )
@@ -127,6 +131,11 @@ def _decode_value(column: Any, value: Any) -> Any:
         number = Decimal(value) if isinstance(value, str) else None
         if number is None or not number.is_finite():
             raise ValueError("bad decimal")
+        scale = Decimal(1).scaleb(-column_type.scale)
+        if number != number.quantize(scale) or abs(number) >= Decimal(10) ** (
+            column_type.precision - column_type.scale
+        ):
+            raise ValueError("bad decimal")  # ExactDecimal would refuse to bind it
         return number
     base = column_type.impl if isinstance(column_type, TypeDecorator) else column_type
     if isinstance(base, Date):
@@ -134,6 +143,11 @@ def _decode_value(column: Any, value: Any) -> Any:
     expected = next(t for cls, t in _CURSOR_TYPES if isinstance(base, cls))
     if type(value) is not expected:  # bool is not an int here, nor an int a str
         raise ValueError("bad value")
+    # Values no row can hold would reach the driver and fail there (a 500, not a 422).
+    if isinstance(value, int) and not -(2**31) <= value < 2**31:
+        raise ValueError("bad integer")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("bad text")
     return value
 
 
@@ -395,6 +409,25 @@ async def soft_delete(session: AsyncSession, spec: ResourceSpec, record: Any) ->
     await log_change(session, spec, record, "delete")
 
 
+async def _fail_fast_if_stale(
+    session: AsyncSession, spec: ResourceSpec, record_id: int, if_match: list[str] | None
+) -> None:
+    """A stale `If-Match` is refused before queueing for the row lock: under contention most
+    conditional writes are stale, and making them wait serialises everyone behind the lock.
+    (The check is repeated under the lock, which is what makes it correct.)"""
+    if if_match is None or "*" in if_match:
+        return
+    stmt = select(spec.column("version")).where(
+        spec.column("id") == record_id, spec.column("deleted_at").is_(None)
+    )
+    version = await session.scalar(stmt)
+    if version is not None and f'"{version}"' not in if_match:
+        raise PreconditionFailed(
+            f"version {version} is current; the request was made against {', '.join(if_match)}",
+            headers={"ETag": f'"{version}"'},
+        )
+
+
 async def create(session: AsyncSession, spec: ResourceSpec, body: BaseModel) -> Any:
     record = await insert(session, spec, body.model_dump(exclude_unset=True))
     await _commit(session, spec)
@@ -408,6 +441,7 @@ async def update(
     body: BaseModel,
     if_match: list[str] | None,
 ) -> Any:
+    await _fail_fast_if_stale(session, spec, record_id, if_match)
     record = await get_live(session, spec, record_id, lock=True)
     check_version(record, if_match)
     if await apply_update(session, spec, record, body.model_dump(exclude_unset=True)):
@@ -418,6 +452,7 @@ async def update(
 async def delete(
     session: AsyncSession, spec: ResourceSpec, record_id: int, if_match: list[str] | None
 ) -> Any:
+    await _fail_fast_if_stale(session, spec, record_id, if_match)
     record = await get_live(session, spec, record_id, lock=True)
     check_version(record, if_match)
     await soft_delete(session, spec, record)
