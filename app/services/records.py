@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Boolean, ColumnElement, Date, Integer, String, and_, false, func, or_, select
+from sqlalchemy import Boolean, ColumnElement, Date, Integer, String, and_, false, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import UnaryExpression
@@ -490,14 +490,3 @@ async def put_by_external_id(
     if await apply_update(session, spec, record, data):
         await _commit(session, spec)
     return record, False
-
-
-async def count_live(
-    session: AsyncSession, spec: ResourceSpec, *conditions: ColumnElement[bool]
-) -> int:
-    stmt = (
-        select(func.count())
-        .select_from(spec.model)
-        .where(spec.column("deleted_at").is_(None), *conditions)
-    )
-    return int(await session.scalar(stmt) or 0)

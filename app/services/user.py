@@ -5,7 +5,7 @@ import math
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -170,12 +170,3 @@ async def principal_for_token(session: AsyncSession, token: str) -> Principal:
     return Principal(
         name=f"token:{record.name}", role=security.role_of_scopes(record.scopes), kind="token"
     )
-
-
-async def user_is_active(session: AsyncSession, username: str) -> bool:
-    found = await session.scalar(
-        select(func.count())
-        .select_from(User)
-        .where(User.username == username, User.is_active.is_(True))
-    )
-    return bool(found)
