@@ -377,7 +377,7 @@ def parse_sort(raw: str | None) -> list[tuple[str, bool]]:
             raise Problem(422, f"'{name}' appears twice", "sort", "query")
         keys.append((name, desc))
     if not any(k == "id" for k, _ in keys):
-        keys.append(("id", False))
+        keys.append(("id", keys[-1][1]))  # the tie-break runs in the last key's direction
     return keys
 
 
@@ -434,7 +434,14 @@ def keyset(sql: Sql, keys: list[tuple[str, bool]], values: list[Any]) -> str:
         else:
             parts.append(f"({name} > {sql.arg(name, v)} OR {name} IS NULL)")
         clauses.append("(" + " AND ".join(parts) + ")")
-    return "(" + " OR ".join(clauses) + ")"
+    keyset = "(" + " OR ".join(clauses) + ")"
+    # The same index bound on the first key as the app adds (records._leading_bound).
+    first, desc = keys[0]
+    if values[0] is None and not desc:
+        return f"{first} IS NULL AND {keyset}"
+    if values[0] is not None and desc:
+        return f"{first} <= {sql.arg(first, values[0])} AND {keyset}"
+    return keyset
 
 
 def as_int(name: str, raw: str) -> int:

@@ -443,10 +443,10 @@ def middle_cursor(engine: Engine) -> str:
     )[0][0]
     row = engine.rows(
         f"SELECT total_investment, id FROM project WHERE deleted_at IS NULL AND {column} = $1 "
-        f"ORDER BY total_investment DESC NULLS FIRST, id ASC LIMIT 1 OFFSET {total // 2}",
+        f"ORDER BY total_investment DESC NULLS FIRST, id DESC LIMIT 1 OFFSET {total // 2}",
         value,
     )[0]
-    return encode_cursor("-total_investment,id", [engine.money_text(row[0]), row[1]])
+    return encode_cursor("-total_investment,-id", [engine.money_text(row[0]), row[1]])
 
 
 def patch_file(engine: Engine, path: Path) -> dict[str, str]:

@@ -97,9 +97,11 @@ def ids(items: list[dict[str, Any]]) -> list[int]:
 
 
 def expected_order(items: list[dict[str, Any]], sort: str) -> list[int]:
-    """Python's idea of the order: asc = NULLs last, desc = NULLs first, then id ascending."""
+    """Python's idea of the order: asc = NULLs last, desc = NULLs first, then id in the
+    direction of the last key."""
     convert: dict[str, Callable[[Any], Any]] = {"total_investment": Decimal}
-    ordered = sorted(items, key=lambda r: r["id"])
+    last = sort.split(",")[-1]
+    ordered = sorted(items, key=lambda r: r["id"], reverse=last.startswith("-"))
     for part in reversed(sort.split(",")):
         name = part.lstrip("-")
         to = convert.get(name, lambda v: v)
@@ -318,8 +320,8 @@ def test_list_parameter_errors_name_the_parameter(client: TestClient) -> None:
 
 FORGED = {
     "int": ("id", ["not-a-number"]),
-    "decimal": ("-total_investment,id", ["lots", 1]),
-    "datetime": ("-updated_at,id", ["yesterday", 1]),
+    "decimal": ("-total_investment,-id", ["lots", 1]),
+    "datetime": ("-updated_at,-id", ["yesterday", 1]),
     "object": ("name,id", [{"x": 1}, 1]),
 }
 
@@ -350,7 +352,10 @@ def test_cursors_are_checked(client: TestClient) -> None:
     # A cursor that decodes but carries values of the wrong type is not one we issued either.
     answers: dict[str, tuple[Any, Any]] = {}
     for case, (sort, values) in FORGED.items():
-        params = {"sort": sort.removesuffix(",id"), "cursor": forge_cursor(sort, values)}
+        params = {
+            "sort": sort.removesuffix(",id").removesuffix(",-id"),
+            "cursor": forge_cursor(sort, values),
+        }
         try:
             response = client.get(f"{API}/projects", params=params)
             answers[case] = (response.status_code, response.json().get("field"))

@@ -83,7 +83,7 @@ def _compare(keys: list[tuple[str, bool]]) -> Any:
 def expected_order(rows: list[dict[str, Any]], sort: str) -> list[int]:
     keys = [(part.lstrip("-"), part.startswith("-")) for part in sort.split(",")]
     if "id" not in [k for k, _ in keys]:
-        keys.append(("id", False))
+        keys.append(("id", keys[-1][1]))  # the tie-break follows the last key's direction
     return [r["id"] for r in sorted(rows, key=_compare(keys))]
 
 

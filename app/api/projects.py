@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path, Query, Response
 from app.api.crud import page_response, tag
 from app.api.deps import CanRead, ReadSession
 from app.errors import responses
-from app.models.common import Page
+from app.models.common import MAX_ID, Page
 from app.models.investment import InvestmentPublic
 from app.resources import INVESTMENTS, PROJECTS, InvestmentFilters
 from app.services import records
@@ -29,11 +29,15 @@ _page: Any = Page[InvestmentPublic]
 )
 async def list_project_investments(
     session: ReadSession,
-    project_id: Annotated[int, Path(alias="id", ge=1, description="项目编号")],
+    project_id: Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="项目编号")],
     params: Annotated[InvestmentFilters, Query()],
 ) -> Response:
     await records.get_live(session, PROJECTS, project_id)
     rows, cursor = await records.list_page(
-        session, INVESTMENTS, params, extra=[INVESTMENTS.column("project_id") == project_id]
+        session,
+        INVESTMENTS,
+        params,
+        extra=[INVESTMENTS.column("project_id") == project_id],
+        core_rows=True,
     )
-    return page_response(_page, INVESTMENTS, rows, cursor)
+    return page_response(INVESTMENTS, rows, cursor)

@@ -2,7 +2,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from pydantic import StrictBool, computed_field
-from sqlalchemy import String
+from sqlalchemy import Index, String
 from sqlmodel import Field
 
 from app.db_types import ExactDecimal
@@ -90,8 +90,15 @@ class ProjectBase(Provenance):
 
 class Project(ProjectBase, RecordColumns, table=True):
     __tablename__ = "project"
+    # The list's busiest shape: a stage or a chain, sorted by total investment, paged by keyset
+    # (the sort's tie-break is id, in the same direction; see records._parse_sort).
+    __table_args__ = (
+        Index("ix_project_total_investment_id", "total_investment", "id"),
+        Index("ix_project_stage_total_investment_id", "stage", "total_investment", "id"),
+        Index("ix_project_chain_id_total_investment_id", "chain_id", "total_investment", "id"),
+    )
 
-    total_investment: Decimal | None = Field(default=None, sa_type=ExactDecimal(18, 2), index=True)
+    total_investment: Decimal | None = Field(default=None, sa_type=ExactDecimal(18, 2))
     investment_conflict: bool = Field(default=False)
 
 
