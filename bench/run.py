@@ -9,6 +9,7 @@ them. See bench/README.md for how to read them.
 import argparse
 import asyncio
 import base64
+import concurrent.futures
 import json
 import os
 import shutil
@@ -771,6 +772,9 @@ def bench_engine(
         result["peak_ours"] = max((o.peak_mib for _, o, _ in runs), default=0.0)
         result["peak_ref"] = max((r.peak_mib for _, _, r in runs), default=0.0)
         ref.stop()
+        if isinstance(engine, Postgres) and (not args.endpoints or "scale" in args.endpoints):
+            log(f"{engine.name}: scale-out rehearsal (two app processes, one database)")
+            result["scale"] = scale_out(engine, ours, env, workdir, args.duration)
         if not args.endpoints or "export" in args.endpoints:
             log(f"{engine.name}: export / import")
             result["io"] = export_import(engine, ours, ds)
@@ -779,6 +783,82 @@ def bench_engine(
         ref.stop()
         engine.teardown(args.keep)
     return result
+
+
+# ---------------------------------------------------------------- scale-out
+
+
+def scale_out(
+    engine: Engine, ours: Server, env: dict[str, str], workdir: Path, seconds: int
+) -> dict[str, Any]:
+    """Issue 6's rehearsal: the same load on one app process, then split over two processes on
+    the same database (each with its own wrk). Reads should add up as far as the machine's cores
+    allow; creates share the feed's lock; the feed must stay one entry per write either way."""
+    second = Server(
+        f"{engine.name}-ours-b", [sys.executable, "-m", "uvicorn", "app.main:app"], env, workdir
+    )
+    out: dict[str, Any] = {}
+    try:
+        second.start()
+        for key, ep in (
+            (
+                "get",
+                Endpoint(
+                    "get",
+                    "get",
+                    "/api/v1/projects/1",
+                    "get.lua",
+                    {"BENCH_MAX_ID": str(dataset.N_PROJECTS)},
+                ),
+            ),
+            (
+                "create",
+                Endpoint(
+                    "create",
+                    "create",
+                    "/api/v1/projects",
+                    "create.lua",
+                    {"BENCH_CHAINS": str(dataset.N_CHAINS)},
+                ),
+            ),
+        ):
+            before = engine.rows("SELECT coalesce(max(seq), 0) FROM change")[0][0]
+            one = wrk(ours.base, ep, {"BENCH_RUN": f"scale1-{key}"}, seconds)
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                runs = list(
+                    pool.map(
+                        lambda pair, ep=ep: wrk(pair[0], ep, {"BENCH_RUN": pair[1]}, seconds),
+                        [(ours.base, f"scale2a-{key}"), (second.base, f"scale2b-{key}")],
+                    )
+                )
+            out[key] = {
+                "one": one.rps,
+                "two": sum(r.rps for r in runs),
+                "errors": one.errors + sum(r.errors for r in runs),
+            }
+            if key == "create":
+                time.sleep(2)  # requests in flight when wrk stopped commit first
+                entries = engine.rows(
+                    "SELECT count(*), count(DISTINCT record_id), min(seq), max(seq)"
+                    " FROM change WHERE seq > $1 AND resource = 'projects' AND op = 'create'",
+                    before,
+                )[0]
+                created = engine.rows(
+                    "SELECT count(*) FROM project WHERE id > (SELECT coalesce(max(record_id), 0)"
+                    " FROM change WHERE seq <= $1 AND resource = 'projects')",
+                    before,
+                )[0][0]
+                all_new = engine.rows("SELECT count(*) FROM change WHERE seq > $1", before)[0][0]
+                out["feed"] = {
+                    "entries": entries[0],
+                    "distinct": entries[1],
+                    "created": created,
+                    "span": (entries[3] or 0) - (entries[2] or 0) + 1 if entries[0] else 0,
+                    "all_new": all_new,
+                }
+    finally:
+        second.stop()
+    return out
 
 
 # ---------------------------------------------------------------- report
@@ -834,6 +914,29 @@ def print_engine(r: dict[str, Any]) -> None:
             if taken:
                 line += f" ({taken / bulk:.0f}×)"
         print(line)
+    scale = r.get("scale")
+    if scale:
+        for key in ("get", "create"):
+            if key in scale:
+                x = scale[key]
+                ratio = x["two"] / x["one"] if x["one"] else 0
+                errors = f", errors {x['errors']}" if x["errors"] else ""
+                print(
+                    f"{'scale-out ' + key + ': 1 process / 2':<36} {x['one']:>10,.0f} "
+                    f"{x['two']:>10,.0f} {ratio:>5.2f}x  (req/s; two processes on one database"
+                    f"{errors})"
+                )
+        feed = scale.get("feed")
+        if feed:
+            exact = (
+                feed["entries"] == feed["created"] == feed["distinct"]
+                and feed["span"] == feed["all_new"] == feed["entries"]
+            )
+            print(
+                f"{'scale-out feed':<36} {feed['created']:,} projects created through both "
+                f"processes, {feed['entries']:,} create entries ({feed['distinct']:,} distinct), "
+                f"seq span {feed['span']:,}: {'exact' if exact else 'NOT EXACT'}"
+            )
     during = "during" if r.get("peak_reset") else "up to the end of"
     print(
         f"RSS = peak resident set (VmHWM) of each server process {during} that endpoint's run"
@@ -927,7 +1030,7 @@ def main() -> int:
     parser.add_argument(
         "--endpoints",
         default="",
-        help="only these (list,get,feed_start,feed_end,create,patch,export)",
+        help="only these (list,get,feed_start,feed_end,create,patch,scale,export)",
     )
     parser.add_argument("--duration", type=int, default=DURATION, help="seconds per measured run")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")

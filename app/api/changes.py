@@ -3,15 +3,17 @@
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from app.api.deps import CanRead, ReadSession
 from app.errors import responses
-from app.models.change import ChangePage, ChangePublic
+from app.models.change import ChangePage
 from app.resources import ALL
 from app.services import changes
 
 router = APIRouter()
+# `seq` is a BIGINT: a larger `after` could never match, and the driver refuses to bind it.
+MAX_SEQ = 2**63 - 1
 
 ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  # type: ignore[misc]
 
@@ -31,10 +33,9 @@ ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  
 )
 async def list_changes(
     session: ReadSession,
-    after: Annotated[int, Query(ge=0, description="从此 seq 之后开始")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="从此 seq 之后开始")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="最多条数 (≤ 1000)")] = 100,
     resource: Annotated[ResourceName | None, Query(description="只看某类资源")] = None,
-) -> ChangePage:
-    rows = await changes.after(session, after, limit, resource.value if resource else None)
-    items = [ChangePublic.from_row(r) for r in rows]
-    return ChangePage(items=items, last_seq=items[-1].seq if items else after)
+) -> Response:
+    page = await changes.page_json(session, after, limit, resource.value if resource else None)
+    return Response(page, media_type="application/json")

@@ -3,7 +3,8 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+import pydantic_core
+from sqlalchemy import Text, cast, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import context
@@ -43,14 +44,47 @@ async def record(
     )
 
 
-async def after(
-    session: AsyncSession, seq: int, limit: int, resource: str | None = None
-) -> list[Change]:
-    stmt = select(Change).where(Change.seq > seq)  # type: ignore[operator]
+_FEED_COLUMNS = (
+    Change.seq,
+    Change.resource,
+    Change.record_id,
+    Change.external_id,
+    Change.op,
+    Change.version,
+    Change.changed_at,
+    Change.actor,
+    Change.request_id,
+)
+
+
+async def page_json(session: AsyncSession, seq: int, limit: int, resource: str | None) -> bytes:
+    """A feed page as JSON (the `ChangePage` schema), with each entry's `data` passed through
+    as the JSON text it was stored as: the feed is read far more often than written, and
+    parsing every snapshot only to serialise it again was most of a page's cost."""
+    stmt = select(*_FEED_COLUMNS, cast(Change.data, Text)).where(Change.seq > seq)  # type: ignore[operator]
     if resource is not None:
         stmt = stmt.where(Change.resource == resource)
     stmt = stmt.order_by(Change.seq).limit(limit)  # type: ignore[arg-type]
-    return list(await session.scalars(stmt))
+    rows = (await session.execute(stmt)).all()
+    items = []
+    for row in rows:
+        head = pydantic_core.to_json(
+            {
+                "seq": row[0],
+                "resource": row[1],
+                "id": row[2],
+                "external_id": row[3],
+                "op": row[4],
+                "version": row[5],
+                "changed_at": row[6],
+                "actor": row[7],
+                "request_id": row[8],
+            }
+        )
+        data = b"null" if row[9] is None else row[9].encode()
+        items.append(head[:-1] + b',"data":' + data + b"}")
+    last_seq = rows[-1][0] if rows else seq
+    return b'{"items":[' + b",".join(items) + b'],"last_seq":' + str(last_seq).encode() + b"}"
 
 
 async def history(session: AsyncSession, resource: str, record_id: int) -> list[Change]:

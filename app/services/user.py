@@ -159,7 +159,12 @@ async def principal_for_token(session: AsyncSession, token: str) -> Principal:
     if parsed is None:
         raise Unauthorized("invalid token")
     token_id, secret = parsed
-    record = await session.scalar(select(ApiToken).where(ApiToken.id == token_id))
+    # Core columns, not an ORM instance: this runs on every request a service token makes.
+    table = ApiToken.__table__  # type: ignore[attr-defined]
+    stmt = select(
+        table.c.token_hash, table.c.revoked_at, table.c.expires_at, table.c.name, table.c.scopes
+    ).where(table.c.id == token_id)
+    record = (await session.execute(stmt)).one_or_none()
     if record is None or not security.digest_matches(secret, record.token_hash):
         raise Unauthorized("invalid token")
     now = utcnow()
