@@ -189,7 +189,10 @@ class ListParams(BaseModel):
     cursor: QueryText | None = Field(default=None, description="上一页返回的 next_cursor")
     sort: QueryText | None = Field(
         default=None,
-        description="排序字段，逗号分隔，前缀 - 表示降序，如 `-updated_at,name`；总以 id 兜底",
+        description=(
+            "排序字段，逗号分隔，前缀 - 表示降序，如 `-updated_at,name`；升序时空值在后，降序时空值在前；"
+            "最后总以 id 兜底，方向同最后一个字段 (ties broken by id in the last key's direction)"
+        ),
     )
     q: QueryText | None = Field(
         default=None, min_length=1, max_length=100, description="名称模糊搜索，支持中文子串"
