@@ -18,7 +18,7 @@ from app.models.source import Source, SourceCreate, SourcePublic
 from app.models.target import Metric, Recurrence, Target, TargetCreate, TargetPublic
 from app.money import MoneyUnit, to_yuan
 from app.services import project as project_service
-from app.services.records import Child, ResourceSpec, log_change
+from app.services.records import PARKS_OF, Child, ResourceSpec, log_change
 
 COMMON_SORT = ("id", "created_at", "updated_at")
 
@@ -36,7 +36,12 @@ async def same_park(session: AsyncSession, record: Any, data: dict[str, Any]) ->
         ref = data.get(fk, getattr(record, fk, None))
         if ref is None:
             continue
-        other_park = await session.scalar(select(model.park_id).where(model.id == ref))
+        known = session.info.get(PARKS_OF, {})
+        key = (model.__tablename__, ref)
+        if key in known:  # read by the parent check of this same write
+            other_park = known[key]
+        else:
+            other_park = await session.scalar(select(model.park_id).where(model.id == ref))
         if other_park is not None and other_park != park_id:
             errors.append(
                 FieldError(

@@ -305,20 +305,36 @@ def etag(record: Any) -> str:
     return f'"{record.version}"'
 
 
+PARKS_OF = "parks_of"  # session.info key: (table, id) → park_id of the parents just checked
+
+
 async def _check_parents(session: AsyncSession, spec: ResourceSpec, data: dict[str, Any]) -> None:
+    """Every parent named must exist and be live: one query for all of them, which also reads
+    each parent's park so that a `validate` hook of the same write need not ask again."""
+    parks_of: dict[tuple[str, int], Any] = {}
+    session.info[PARKS_OF] = parks_of  # for this write only: replaced by the next check
+    given = [
+        (fk, parent, data[fk]) for fk, parent in spec.parents.items() if data.get(fk) is not None
+    ]
+    if not given:
+        return
+    columns = []
+    for fk, parent, parent_id in given:
+        model: Any = parent
+        live = and_(model.id == parent_id, model.deleted_at.is_(None))
+        columns.append(select(model.id).where(live).scalar_subquery().label(fk))
+        if "park_id" in model.__table__.c:
+            columns.append(select(model.park_id).where(live).scalar_subquery().label(f"{fk}:park"))
+    found = (await session.execute(select(*columns))).one()._mapping
     errors = []
-    for fk, parent in spec.parents.items():
-        parent_id = data.get(fk)
-        if parent_id is None:
-            continue
-        found = await session.scalar(
-            select(parent.id).where(parent.id == parent_id, parent.deleted_at.is_(None))  # type: ignore[attr-defined]
-        )
-        if found is None:
-            name = parent.__tablename__
+    for fk, parent, parent_id in given:
+        name = parent.__tablename__
+        if found[fk] is None:
             errors.append(
                 FieldError(field=fk, location="body", message=f"{name} {parent_id} does not exist")
             )
+        elif f"{fk}:park" in found:
+            parks_of[(name, parent_id)] = found[f"{fk}:park"]
     if errors:
         raise Invalid("; ".join(e.message for e in errors), errors=errors)
 
