@@ -774,7 +774,8 @@ def bench_engine(
         ref.stop()
         if isinstance(engine, Postgres) and (not args.endpoints or "scale" in args.endpoints):
             log(f"{engine.name}: scale-out rehearsal (two app processes, one database)")
-            result["scale"] = scale_out(engine, ours, env, workdir, args.duration)
+            loads = {ep.key: ep for ep in endpoints if ep.key in ("get", "create")}
+            result["scale"] = scale_out(engine, ours, env, workdir, args.duration, loads)
         if not args.endpoints or "export" in args.endpoints:
             log(f"{engine.name}: export / import")
             result["io"] = export_import(engine, ours, ds)
@@ -789,7 +790,12 @@ def bench_engine(
 
 
 def scale_out(
-    engine: Engine, ours: Server, env: dict[str, str], workdir: Path, seconds: int
+    engine: Engine,
+    ours: Server,
+    env: dict[str, str],
+    workdir: Path,
+    seconds: int,
+    loads: dict[str, Endpoint],
 ) -> dict[str, Any]:
     """Issue 6's rehearsal: the same load on one app process, then split over two processes on
     the same database (each with its own wrk). Reads should add up as far as the machine's cores
@@ -800,28 +806,7 @@ def scale_out(
     out: dict[str, Any] = {}
     try:
         second.start()
-        for key, ep in (
-            (
-                "get",
-                Endpoint(
-                    "get",
-                    "get",
-                    "/api/v1/projects/1",
-                    "get.lua",
-                    {"BENCH_MAX_ID": str(dataset.N_PROJECTS)},
-                ),
-            ),
-            (
-                "create",
-                Endpoint(
-                    "create",
-                    "create",
-                    "/api/v1/projects",
-                    "create.lua",
-                    {"BENCH_CHAINS": str(dataset.N_CHAINS)},
-                ),
-            ),
-        ):
+        for key, ep in loads.items():
             before = engine.rows("SELECT coalesce(max(seq), 0) FROM change")[0][0]
             one = wrk(ours.base, ep, {"BENCH_RUN": f"scale1-{key}"}, seconds)
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
