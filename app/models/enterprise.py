@@ -1,7 +1,7 @@
 from typing import Annotated
 
 from pydantic import AfterValidator, StrictBool
-from sqlalchemy import String
+from sqlalchemy import Index, String
 from sqlmodel import Field
 
 from app import credit_code
@@ -61,6 +61,7 @@ class EnterpriseBase(Provenance):
 
 class Enterprise(EnterpriseBase, RecordColumns, table=True):
     __tablename__ = "enterprise"
+    __table_args__ = (Index("ix_enterprise_name_id", "name", "id"),)
 
 
 class EnterpriseCreate(EnterpriseBase, CreateModel):

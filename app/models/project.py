@@ -96,6 +96,9 @@ class Project(ProjectBase, RecordColumns, table=True):
         Index("ix_project_total_investment_id", "total_investment", "id"),
         Index("ix_project_stage_total_investment_id", "stage", "total_investment", "id"),
         Index("ix_project_chain_id_total_investment_id", "chain_id", "total_investment", "id"),
+        # Sorting the whole list by name or creation time: an ordered scan instead of a sort.
+        Index("ix_project_name_id", "name", "id"),
+        Index("ix_project_created_at_id", "created_at", "id"),
     )
 
     total_investment: Decimal | None = Field(default=None, sa_type=ExactDecimal(18, 2))
