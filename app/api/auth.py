@@ -5,9 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 
-from app.api.deps import CurrentPrincipal, IsAdmin, ReadSession, WriteSession
+from app.api.deps import CurrentPrincipal, DecimalRoute, IsAdmin, ReadSession, WriteSession
 from app.config import Settings
 from app.errors import responses
+from app.models.common import MAX_ID
 from app.models.user import (
     AccessToken,
     Role,
@@ -21,7 +22,8 @@ from app.models.user import (
 from app.security import Unauthorized, issue_access_token
 from app.services import user as user_service
 
-router = APIRouter()
+# Its own route class: an included router keeps its routes' class, not the parent's.
+router = APIRouter(route_class=DecimalRoute)
 AUTH_TAG = "认证 Auth"
 ADMIN_TAG = "用户与令牌 Users & tokens"
 
@@ -105,7 +107,7 @@ async def create_user(session: WriteSession, body: UserCreate, response: Respons
 )
 async def update_user(
     session: WriteSession,
-    user_id: Annotated[int, Path(alias="id", ge=1, description="用户编号")],
+    user_id: Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="用户编号")],
     body: UserUpdate,
 ) -> UserPublic:
     return UserPublic.model_validate(await user_service.update_user(session, user_id, body))
@@ -154,7 +156,7 @@ async def create_token(
 )
 async def revoke_token(
     session: WriteSession,
-    token_id: Annotated[int, Path(alias="id", ge=1, description="令牌编号")],
+    token_id: Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="令牌编号")],
 ) -> Response:
     await user_service.revoke_token(session, token_id)
     return Response(status_code=204)

@@ -2,7 +2,7 @@
 
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from json import loads
+from json import JSONDecodeError, loads
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Security
@@ -70,7 +70,14 @@ class DecimalJSONRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = loads(await self.body(), parse_float=Decimal)
+            body = await self.body()
+            try:
+                self._json = loads(body, parse_float=Decimal)
+            except UnicodeDecodeError as exc:
+                # JSON text is UTF-8 (RFC 8259): other bytes are a malformed body, answered
+                # like any other JSON syntax error (422 naming the position), not a bare 400.
+                text = body.decode("utf-8", errors="replace")
+                raise JSONDecodeError("the body is not UTF-8 text", text, exc.start) from exc
         return self._json
 
 

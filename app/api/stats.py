@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from app.api.deps import CanRead, ReadSession
 from app.errors import responses
-from app.models.common import DecimalString
+from app.models.common import MAX_ID, DecimalString
 from app.money import display
 from app.services import stats as stats_service
 from app.services.project import HEADLINE_RULE
@@ -53,7 +53,7 @@ class InvestmentStats(BaseModel):
 async def investment_stats(
     session: ReadSession,
     group_by: Annotated[GroupBy, Query(description="chain 产业链 / stage 阶段 / year 年份")],
-    park_id: Annotated[int | None, Query(ge=1, description="只统计某园区")] = None,
+    park_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="只统计某园区")] = None,
 ) -> InvestmentStats:
     rows = await stats_service.investment(session, group_by, park_id)
     return InvestmentStats(group_by=group_by, items=[InvestmentGroup(**r) for r in rows])

@@ -9,7 +9,7 @@ from app.api.crud import tag
 from app.api.deps import CanRead, ReadSession
 from app.errors import responses
 from app.models.chain import ChainPublic
-from app.models.common import DecimalString
+from app.models.common import MAX_ID, DecimalString
 from app.models.project import LANDED_STAGES
 from app.models.target import TargetPublic
 from app.resources import CHAINS, TARGETS
@@ -81,7 +81,7 @@ def _public(p: target_service.Progress) -> TargetProgress:
 )
 async def target_progress(
     session: ReadSession,
-    target_id: Annotated[int, Path(alias="id", ge=1, description="目标编号")],
+    target_id: Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="目标编号")],
     year: Year,
 ) -> TargetProgress:
     target = await records.get_live(session, TARGETS, target_id)
@@ -100,7 +100,7 @@ async def target_progress(
 )
 async def chain_scorecard(
     session: ReadSession,
-    chain_id: Annotated[int, Path(alias="id", ge=1, description="产业链编号")],
+    chain_id: Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="产业链编号")],
     year: Year,
 ) -> Scorecard:
     chain = await records.get_live(session, CHAINS, chain_id)

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import AppError, FieldError, Invalid
+from app.models.common import MAX_ID
 from app.services import records
 from app.services.records import ResourceSpec
 
@@ -24,7 +25,7 @@ class BatchItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     op: BatchOp = Field(description="create 新建 / update 部分更新 / delete 删除")
-    id: int | None = Field(default=None, ge=1, description="update、delete 时必填")
+    id: int | None = Field(default=None, ge=1, le=MAX_ID, description="update、delete 时必填")
     if_match: str | None = Field(default=None, description='版本条件，如 "3"；不符则整批失败')
     data: dict[str, Any] | None = Field(
         default=None, description="create 的完整记录或 update 的字段"
