@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--no-access-log", action="store_true", help="log no line per request")
     migrate_p = sub.add_parser("migrate", help="upgrade the database schema (default: to head)")
     migrate_p.add_argument("revision", nargs="?", default="head")
     seed = sub.add_parser("seed", help="load the seed data (idempotent)")
@@ -40,17 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        import uvicorn
+        from app import shutdown
 
-        uvicorn.run(
-            "app.main:app",
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            proxy_headers=True,
-            timeout_graceful_shutdown=30,
+        return shutdown.serve(
+            host=args.host, port=args.port, workers=args.workers, access_log=not args.no_access_log
         )
-        return 0
     if args.command == "migrate":
         from app import migrate
 

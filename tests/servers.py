@@ -43,9 +43,10 @@ def wait_until_up(base: str, process: subprocess.Popen[bytes], seconds: float = 
 
 @contextmanager
 def server(
-    database_url: str, workers: int = 1, **env: str
+    database_url: str, workers: int = 1, log: Path | None = None, **env: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`uvicorn app.main:app` on a free loopback port; stopped with SIGTERM afterwards."""
+    """`python -m app serve` (the production command) on a free loopback port, its output in
+    `log` if given; stopped with SIGTERM afterwards."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -53,12 +54,13 @@ def server(
         "REGISTRY_ADMIN_PASSWORD": "admin-password-for-tests",
         **env,
     }
+    output = log.open("ab") if log is not None else None
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "uvicorn",
-            "app.main:app",
+            "app",
+            "serve",
             "--host",
             "127.0.0.1",
             "--port",
@@ -69,8 +71,8 @@ def server(
         ],
         cwd=PROJECT_DIR,
         env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output or subprocess.DEVNULL,
+        stderr=output or subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -83,3 +85,5 @@ def server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if output is not None:
+            output.close()

@@ -3,14 +3,21 @@ real server processes. Every figure the issue asks for is asserted and printed (
 
 import asyncio
 import contextlib
+import csv
+import io
+import itertools
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
+from app import shutdown
 from tests.conftest import DatabaseFactory
 from tests.helpers import API, problem
 from tests.servers import server
@@ -148,28 +156,67 @@ def test_16_concurrent_writers_on_sqlite_never_see_database_is_locked(
     db_factory.drop(url)
 
 
-def _count(database_url: str, name_prefix: str) -> int:
+def _names(database_url: str, table: str) -> list[str]:
+    """Every name in a table, read from the database itself rather than through the app."""
+    query = f"SELECT name FROM {table}"
     if database_url.startswith("sqlite"):
-        path = make_url(database_url).database
-        with sqlite3.connect(path) as conn:
-            return int(
-                conn.execute(
-                    "SELECT count(*) FROM park WHERE name LIKE ?", (name_prefix + "%",)
-                ).fetchone()[0]
-            )
+        with sqlite3.connect(make_url(database_url).database) as conn:
+            return [row[0] for row in conn.execute(query)]
 
-    async def go() -> int:
+    async def go() -> list[str]:
         conn = await asyncpg.connect(database_url)
         try:
-            return int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM park WHERE name LIKE $1", name_prefix + "%"
-                )
-            )
+            return [row[0] for row in await conn.fetch(query)]
         finally:
             await conn.close()
 
     return asyncio.run(go())
+
+
+def _count(database_url: str, name_prefix: str, table: str = "park") -> int:
+    return sum(name.startswith(name_prefix) for name in _names(database_url, table))
+
+
+class _WriteProbe:
+    """Whether a write transaction is open right now (on PostgreSQL: one that has written rows),
+    seen from outside the app."""
+
+    def __init__(self, database_url: str) -> None:
+        self.url = database_url
+        self.runner = asyncio.Runner()
+        self.pg: asyncpg.Connection | None = None
+        if not database_url.startswith("sqlite"):
+            self.pg = self.runner.run(asyncpg.connect(database_url))
+
+    def writing(self) -> bool:
+        if self.pg is None:
+            # The app's writes hold SQLite's write lock (BEGIN IMMEDIATE) until they commit.
+            path = make_url(self.url).database
+            conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+                return False
+            except sqlite3.OperationalError:  # "database is locked"
+                return True
+            finally:
+                conn.close()
+        # A transaction gets an xid when it first writes.
+        busy = self.runner.run(
+            self.pg.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
+            )
+        )
+        return bool(busy)
+
+    def __enter__(self) -> "_WriteProbe":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pg is not None:
+            self.runner.run(self.pg.close())
+        self.runner.close()
 
 
 def _integrity(database_url: str) -> str:
@@ -234,6 +281,86 @@ def test_sigkill_in_the_middle_of_a_batch_leaves_all_or_nothing(
     print(
         f"\nbatch kills ({db_factory.engine}): one batch takes {duration:.2f} s; rows written per attempt {outcomes}"
     )
+    db_factory.drop(url)
+
+
+def _import_csv(header: list[str], park_id: int, prefix: str, rows: int) -> bytes:
+    """New projects in the export's own layout (its header row), named `prefix` + a number."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for i in range(rows):
+        cells = {"项目名称": f"{prefix}{i}", "园区编号": str(park_id), "阶段": "谋划"}
+        writer.writerow([cells.get(column, "") for column in header])
+    return out.getvalue().encode("utf-8-sig")
+
+
+def test_sigkill_in_the_middle_of_an_import_leaves_all_rows_or_none(
+    db_factory: DatabaseFactory, tokens: dict[str, str]
+) -> None:
+    url = db_factory.fresh()
+    rng = random.Random(11)
+    rows = 5000
+    admin = auth(tokens["admin"])
+
+    def upload(base: str, body: bytes) -> httpx.Response:
+        return httpx.post(
+            f"{base}{API}/projects/import",
+            files={"file": ("projects.csv", body, "text/csv")},
+            headers=admin,
+            timeout=120,
+        )
+
+    with server(url) as (base, _):  # the layout, and how long one import takes here
+        with httpx.Client(base_url=base, headers=admin) as http:
+            made = http.post(f"{API}/parks", json={"name": "园区", "level": "other"})
+            assert made.status_code == 201, made.text
+            park_id = made.json()["id"]
+            exported = http.get(f"{API}/projects/export", params={"format": "csv"})
+            assert exported.status_code == 200, exported.text
+        header = next(csv.reader(io.StringIO(exported.content.decode("utf-8-sig"))))
+        started = time.monotonic()
+        imported = upload(base, _import_csv(header, park_id, "量-", rows))
+        duration = time.monotonic() - started
+        assert imported.status_code == 200, imported.text
+        assert imported.json()["created"] == rows
+    outcomes = []
+    with _WriteProbe(url) as probe:
+        for attempt in range(5):
+            prefix = f"导{attempt}-"
+            body = _import_csv(header, park_id, prefix, rows)
+            answers: list[int] = []
+            with server(url) as (base, process):
+
+                def send(
+                    body: bytes = body, base: str = base, answers: list[int] = answers
+                ) -> None:
+                    with contextlib.suppress(httpx.TransportError):  # the server dies under it
+                        answers.append(upload(base, body).status_code)
+
+                sender = threading.Thread(target=send)
+                sender.start()
+                # From the moment the import starts writing: at once, or at a random moment up to
+                # about its length later (so sometimes after it has answered).
+                while sender.is_alive() and not probe.writing():
+                    time.sleep(0.005)
+                time.sleep(rng.uniform(0, 1.2) * duration if attempt else 0)
+                writing = probe.writing()
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                sender.join()
+            written = _count(url, prefix, "project")
+            outcomes.append((written, answers[0] if answers else "killed", writing))
+            assert written in (0, rows), f"partial import: {written} of {rows} rows"
+            if answers:  # answered before the kill: then it is all there
+                assert answers == [200] and written == rows
+            if url.startswith("sqlite"):
+                assert _integrity(url) == "ok"
+    print(
+        f"\nimport kills ({db_factory.engine}): one import of {rows} rows takes {duration:.2f} s; "
+        f"(rows written, answer, write transaction open at the kill) per attempt {outcomes}"
+    )
+    assert any(writing for _, _, writing in outcomes), "no kill came in the middle of an import"
     db_factory.drop(url)
 
 
@@ -302,6 +429,133 @@ def test_database_restart_gives_503_then_recovers_without_restarting_the_app(
         f"\noutage: {len(unavailable)} answers were 503; full service {first_ok - back:.2f} s after the database came back"
     )
     assert first_ok - back < 5
+    db_factory.drop(url)
+
+
+@dataclass
+class _Outcome:
+    kind: str
+    name: str
+    started: float
+    ended: float
+    result: str  # "completed", "refused" (no connection, nothing sent), or what went wrong
+
+
+def _shutdown_load(
+    base: str, token: str, kind: str, fresh: bool, stop: threading.Event
+) -> list[_Outcome]:
+    """One client, until `stop`: long list pages, batches of 200 parks, or single parks; on a new
+    connection per request (`fresh`) or on one kept alive."""
+    outcomes: list[_Outcome] = []
+    kept = httpx.Client(base_url=base, headers=auth(token), timeout=60)
+    for i in itertools.count():
+        if stop.is_set():
+            break
+        name = f"{kind}-{threading.get_ident()}-{i}."
+        http = httpx.Client(base_url=base, headers=auth(token), timeout=60) if fresh else kept
+        started = time.monotonic()
+        try:
+            if kind == "list":
+                r = http.get(f"{API}/projects", params={"limit": 500})
+                done = r.status_code == 200 and len(r.json()["items"]) == 500
+            elif kind == "batch":
+                items = [
+                    {"op": "create", "data": {"name": f"{name}{k}", "level": "other"}}
+                    for k in range(200)
+                ]
+                r = http.post(f"{API}/parks/batch", json={"items": items})
+                done = r.status_code == 200 and len(r.json()["items"]) == 200
+            else:
+                r = http.post(f"{API}/parks", json={"name": name, "level": "other"})
+                done = r.status_code == 201 and r.json()["name"] == name
+            result = "completed" if done else f"answered {r.status_code}"
+        except httpx.ConnectError:
+            result = "refused"
+        except httpx.TransportError as exc:
+            result = repr(exc)
+        if fresh:
+            http.close()
+        outcomes.append(_Outcome(kind, name, started, time.monotonic(), result))
+        if result == "refused":
+            time.sleep(0.02)
+    kept.close()
+    return outcomes
+
+
+def test_sigterm_under_load_answers_every_request_that_reached_the_server(
+    db_factory: DatabaseFactory, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM while list pages, batches and single writes are in flight, on kept-alive and new
+    connections: each request gets its whole answer, or its connection is refused before anything
+    is sent (that is all a request that never reached the server may see); what was answered is
+    stored, what was refused is not; the process exits 0 within the graceful timeout."""
+    url = db_factory.fresh()
+    token = tokens["admin"]
+    log = tmp_path / "server.log"
+    with server(url, log=log) as (base, process):
+        with httpx.Client(base_url=base, headers=auth(token), timeout=120) as http:
+            made = http.post(f"{API}/parks", json={"name": "园区", "level": "other"})
+            assert made.status_code == 201, made.text
+            park_id = made.json()["id"]
+            projects = [
+                {"op": "create", "data": {"park_id": park_id, "name": f"p{i}", "stage": "planning"}}
+                for i in range(500)
+            ]
+            assert http.post(f"{API}/projects/batch", json={"items": projects}).status_code == 200
+        stop = threading.Event()
+        clients = [
+            (kind, fresh)
+            for kind in ("list", "batch", "one")
+            for fresh in (False, True)
+            for _ in range(2 if kind == "list" else 1)
+        ]
+        with ThreadPoolExecutor(len(clients)) as pool:
+            running = [
+                pool.submit(_shutdown_load, base, token, kind, fresh, stop)
+                for kind, fresh in clients
+            ]
+            try:
+                time.sleep(2)
+                sigterm = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                exit_code = process.wait(timeout=60)
+                stopped = time.monotonic() - sigterm
+                time.sleep(0.5)  # the clients go on, and are refused
+            finally:
+                stop.set()
+            outcomes = [o for r in running for o in r.result()]
+    names = Counter(name.rsplit(".", 1)[0] + "." for name in _names(url, "park"))
+    wrong = [o for o in outcomes if o.result not in ("completed", "refused")]
+    in_flight = [o for o in outcomes if o.started < sigterm < o.ended]
+    refused = [o for o in outcomes if o.result == "refused"]
+    completed = [o for o in outcomes if o.result == "completed"]
+
+    def stored_as_answered(o: _Outcome) -> bool:
+        stored, whole = names[o.name], {"batch": 200, "one": 1}[o.kind]
+        if o.result == "completed":
+            return stored == whole
+        if o.result == "refused":
+            return stored == 0
+        return stored in (0, whole)  # no answer: all of it or none of it
+
+    misstored = [
+        (o.name, o.result, names[o.name])
+        for o in outcomes
+        if o.kind != "list" and not stored_as_answered(o)
+    ]
+    queued = re.findall(r"Accepted (\d+) queued", log.read_text())
+    print(
+        f"\nSIGTERM ({db_factory.engine}): {len(completed)} completed "
+        f"({sum(o.result == 'completed' for o in in_flight)} of them in flight at the signal, "
+        f"{sum(o.started > sigterm and o.result == 'completed' for o in outcomes)} sent after it), "
+        f"{len(refused)} refused before sending, {len(wrong)} dropped; exit {exit_code} after "
+        f"{stopped:.2f} s; queued connections taken before closing the socket: {queued}"
+    )
+    assert wrong == []
+    assert misstored == []
+    assert all(o.started > sigterm for o in refused)
+    assert in_flight and refused, "the signal should come with requests in flight and after it"
+    assert exit_code == 0 and stopped < shutdown.GRACEFUL_TIMEOUT_SECONDS
     db_factory.drop(url)
 
 
