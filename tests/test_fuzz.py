@@ -361,11 +361,6 @@ def test_links_lead_from_create_to_read_update_and_delete(admin: dict[str, str])
             assert follow(client, again[f"get_{spec.singular}"], updated).status_code == 404
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/models/common.py: `_aware` converts to UTC without catching OverflowError, so a "
-    "time whose UTC falls outside years 1-9999 is a 500 (found by the fuzzer on /parks)",
-)
 def test_a_time_outside_the_calendar_in_utc_is_refused(admin: dict[str, str]) -> None:
     with schemathesis_asgi.get_client(FORWARD) as client:
         response = client.get(
@@ -376,11 +371,6 @@ def test_a_time_outside_the_calendar_in_utc_is_refused(admin: dict[str, str]) ->
     assert response.status_code == 422
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/models/common.py: `Ref` and `Year` put Field(ge, le) after a BeforeValidator, "
-    "so pydantic writes `ge`/`le` into the schema instead of minimum/maximum",
-)
 def test_the_document_uses_only_json_schema_keywords() -> None:
     """schemathesis (and any client generator) ignores a keyword JSON Schema does not define,
     so a bound written as pydantic's `ge`/`le` is no bound at all."""

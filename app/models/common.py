@@ -84,20 +84,25 @@ def _json_integer(value: Any) -> Any:
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 YEAR_MIN, YEAR_MAX = 1949, 2100
-Year = Annotated[JsonInt, Field(ge=YEAR_MIN, le=YEAR_MAX)]
+# Bounds before the validator: after it, pydantic would write `ge`/`le` into the OpenAPI
+# document, which JSON Schema (and every client generator) does not read as bounds.
+Year = Annotated[int, Field(ge=YEAR_MIN, le=YEAR_MAX), BeforeValidator(_json_integer)]
 # Ids are INTEGER columns (int4 on PostgreSQL): a larger number names no record, and the
 # drivers refuse to bind it (a 500 before this bound existed).
 MAX_ID = 2**31 - 1
 # An id in a path or query string (text, so parsed as a number) ...
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 # ... and a reference to another record in a JSON body.
-Ref = Annotated[JsonInt, Field(ge=1, le=MAX_ID)]
+Ref = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_json_integer)]
 
 
 def _aware(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("a time zone offset is required (e.g. 2026-01-01T00:00:00+08:00)")
-    return value.astimezone(UTC)  # stored, compared and answered in UTC
+    try:
+        return value.astimezone(UTC)  # stored, compared and answered in UTC
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+00:04 is before year 1 in UTC
+        raise ValueError("this time is outside the years 1-9999 in UTC") from None
 
 
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
