@@ -306,5 +306,6 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "冲突：唯一值重复或存在下级记录 (conflict)",
         412: "If-Match 版本已过期 (stale version)",
         422: "输入无效，指明字段 (validation error naming the field)",
+        503: "暂不可用：数据库不可达或迁移未到最新，稍后重试 (unavailable; see Retry-After)",
     }
     return {s: {"model": Problem, "description": text.get(s, "Problem")} for s in statuses}

@@ -47,6 +47,8 @@ def test_readyz_on_a_database_that_was_not_migrated(unmigrated_url: str) -> None
         assert response.status_code == 503, response.text
         assert response.json()["status"] != "ok"
         assert response.json().get("schema") != migrate.head_revision()
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["status"] == 503 and response.headers["retry-after"]
         assert client.get("/healthz").status_code == 200  # alive, just not ready
         assert response.headers.get("x-request-id")
 
@@ -63,6 +65,7 @@ def test_readyz_when_the_database_goes_away(
             response = client.get("/readyz")
             assert response.status_code == 503, response.text
             assert "registry_test" not in response.text  # no database names leak
+            assert response.headers["content-type"].startswith("application/problem+json")
         assert client.get("/healthz").status_code == 200
 
 

@@ -5,6 +5,7 @@ from fastapi.responses import JSONResponse
 
 from app import migrate
 from app.db import Database
+from app.errors import problem_response, responses
 
 router = APIRouter(tags=["运维 Operations"])
 
@@ -24,20 +25,33 @@ async def healthz() -> dict[str, str]:
     summary="就绪检查：数据库可达且迁移到最新 (readiness)",
     description="数据库可达且 schema 已迁移到最新版本时返回 200，否则 503；不就绪的实例不应接流量。",
     operation_id="readyz",
-    responses={503: {"description": "数据库不可达或迁移未到最新"}},
+    responses=responses(503),
 )
 async def readyz(request: Request) -> JSONResponse:
+    """Ready: 200 with the schema revision. Not ready: 503 problem+json with `Retry-After`."""
     db: Database = request.app.state.db
     head = request.app.state.schema_head
+    retry = {"Retry-After": "5"}
     try:
         current = await migrate.current_revision(db.engine)
     except Exception:
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
-    ready = current == head
-    body = {
-        "status": "ok" if ready else "unavailable",
-        "database": "ok",
-        "schema": current,
-        "head": head,
-    }
-    return JSONResponse(body, status_code=200 if ready else 503)
+        return problem_response(
+            request,
+            503,
+            "service-unavailable",
+            "Service unavailable",
+            "the database cannot be reached",
+            extra={"database": "unreachable"},
+            headers=retry,
+        )
+    if current != head:
+        return problem_response(
+            request,
+            503,
+            "service-unavailable",
+            "Service unavailable",
+            f"the database schema is at {current}, not at {head}: run `python -m app migrate`",
+            extra={"database": "ok", "schema": current, "head": head},
+            headers=retry,
+        )
+    return JSONResponse({"status": "ok", "database": "ok", "schema": current, "head": head})
