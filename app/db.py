@@ -55,7 +55,14 @@ def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 10) 
     if target.get_backend_name() == "sqlite":
         if target.database and target.database != ":memory:":
             Path(target.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(target, connect_args={"timeout": 30})
+        # The same pool bounds as PostgreSQL: SQLAlchemy's default (5 + 10) made the 16th
+        # concurrent writer in a process wait for a connection, and time out as a 503 under load.
+        engine = create_async_engine(
+            target,
+            connect_args={"timeout": 30},
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
         return engine

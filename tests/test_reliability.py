@@ -107,21 +107,26 @@ def test_32_clients_x_200_increments_lose_no_update_on_postgresql(
 
 
 def test_16_concurrent_writers_on_sqlite_never_see_database_is_locked(
-    db_factory: DatabaseFactory, tokens: dict[str, str]
+    db_factory: DatabaseFactory, tokens: dict[str, str], tmp_path: Path
 ) -> None:
     if db_factory.engine != "sqlite":
         pytest.skip("the SQLite write lock")
     url = db_factory.fresh()
     statuses: dict[int, int] = {}
     bodies: list[str] = []
-    with server(url, workers=2) as (base, _):  # two processes contend for one file
+    log = tmp_path / "server.log"
+
+    def server_log() -> str:  # why a request failed, when one does
+        return log.read_text(errors="replace")[-4000:] if log.exists() else ""
+
+    with server(url, workers=2, log=log) as (base, _):  # two processes contend for one file
 
         async def writer(w: int) -> None:
             async with httpx.AsyncClient(
                 base_url=base, headers=auth(tokens["admin"]), timeout=60
             ) as http:
                 made = await http.post(f"{API}/parks", json={"name": f"并发{w}", "level": "other"})
-                assert made.status_code == 201, made.text
+                assert made.status_code == 201, f"{made.text}\n{server_log()}"
                 park = made.json()
                 for i in range(40):
                     r = await http.post(
@@ -151,7 +156,7 @@ def test_16_concurrent_writers_on_sqlite_never_see_database_is_locked(
                 if not cursor:
                     break
     print(f"\nsqlite writers: {statuses}")
-    assert bodies == [] and set(statuses) == {200, 201}
+    assert bodies == [] and set(statuses) == {200, 201}, f"{statuses} {bodies[:3]}\n{server_log()}"
     assert count == 16 * 40
     db_factory.drop(url)
 

@@ -351,3 +351,21 @@ def test_datetimes_need_an_offset(client: TestClient, park: dict[str, Any]) -> N
         assert client.get(f"{API}/projects", params={"updated_after": aware}).status_code == 200
     chain = make_chain(client, park["id"])
     assert chain["created_at"].endswith(("+00:00", "Z"))
+
+
+@pytest.mark.parametrize(
+    "key", ["abc\u00a0", " abc", "a b", "a\u0085b", "a\ufeffb", "a/b", "a\u0001"]
+)
+def test_external_ids_with_whitespace_control_characters_or_slashes_are_refused(
+    client: TestClient, key: str
+) -> None:
+    """Nothing is stripped: what the document's pattern refuses (in any regex engine's idea of
+    whitespace), the API refuses, naming the field. Found by the contract fuzzing."""
+    response = client.post(f"{API}/sources", json={"title": "来源", "external_id": key})
+    assert problem(response, 422)["field"] == "external_id"
+
+
+def test_an_external_id_of_any_other_characters_is_kept_exactly(client: TestClient) -> None:
+    made = client.post(f"{API}/sources", json={"title": "来源", "external_id": "枣庄-2021_A.1"})
+    assert made.status_code == 201, made.text
+    assert made.json()["external_id"] == "枣庄-2021_A.1"

@@ -62,11 +62,14 @@ ShortName = Annotated[  # for VARCHAR(100) columns
     str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL), AfterValidator(_strip(1))
 ]
 Text = Annotated[str, StringConstraints(max_length=4000, pattern=NO_NUL), AfterValidator(_strip(0))]
+# No slash (it is a path segment of PUT …/by-external-id/{key}), no control character and no
+# whitespace, and nothing stripped: what the document's pattern refuses, the API refuses, and the
+# reverse. Whitespace is spelt out because `\s` differs between regex engines (NEL, BOM).
+EXTERNAL_ID_PATTERN = (
+    r"^[^/\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+$"
+)
 ExternalId = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^/\s\x00]+$"
-    ),
+    str, StringConstraints(min_length=1, max_length=100, pattern=EXTERNAL_ID_PATTERN)
 ]
 # A text query parameter: any text but NUL.
 QueryText = Annotated[str, StringConstraints(pattern=NO_NUL)]
