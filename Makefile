@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint migrate seed bench clean browser
+.PHONY: run test lint migrate seed bench clean browser libreoffice
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,14 @@ browser:
 		|| (apt-get update -q && apt-get install -y -q --no-install-recommends chromium fonts-noto-cjk)); } \
 		|| echo "chromium is not installed: the browser tests will be skipped"
 
-test: $(VENV)/.dev browser
+# The XLSX export is read back by Debian's LibreOffice Calc; installed when we can (~100 MB).
+libreoffice:
+	@command -v libreoffice >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get install -y -q --no-install-recommends libreoffice-calc \
+		|| (apt-get update -q && apt-get install -y -q --no-install-recommends libreoffice-calc)); } \
+		|| echo "libreoffice is not installed: the XLSX read-back test will be skipped"
+
+test: $(VENV)/.dev browser libreoffice
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     public_read: bool = False
     registry_admin_password: str | None = None
     max_body_bytes: int = 1024 * 1024
+    # The spreadsheet import's own cap (a CSV of 100,000 projects is about 26 MiB).
+    import_max_body_bytes: int = 64 * 1024 * 1024
     login_failures_per_minute: int = 10
 
     @model_validator(mode="after")

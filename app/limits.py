@@ -3,7 +3,12 @@
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.config import Settings, get_settings
 from app.errors import PROBLEM_JSON
+
+# Uploads that are meant to be large, by path: the setting that caps each. Their multipart
+# files are spooled to disk past 1 MiB, so a large cap does not mean a large process.
+LARGE_UPLOADS = {"/api/v1/projects/import": "import_max_body_bytes"}
 
 
 class BodyLimit:
@@ -11,13 +16,23 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
+    def limit(self, scope: Scope) -> int:
+        """MAX_BODY_BYTES, or a large upload's own cap (never below it)."""
+        setting = LARGE_UPLOADS.get(scope["path"])
+        if setting is None:
+            return self.max_bytes
+        app_state = getattr(scope.get("app"), "state", None)
+        settings: Settings = getattr(app_state, "settings", None) or get_settings()
+        return max(self.max_bytes, int(getattr(settings, setting)))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit(scope)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(scope, send, limit)
             return
         seen = 0
 
@@ -26,17 +41,17 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     # FastAPI re-raises HTTPException from body reading; the handler renders it.
-                    raise HTTPException(413, f"request body exceeds {self.max_bytes} bytes")
+                    raise HTTPException(413, f"request body exceeds {limit} bytes")
             return message
 
         await self.app(scope, counted, send)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
         body = (
             '{"type":"/problems/content-too-large","title":"Content too large","status":413,'
-            f'"detail":"request body exceeds {self.max_bytes} bytes","instance":"{scope["path"]}"}}'
+            f'"detail":"request body exceeds {limit} bytes","instance":"{scope["path"]}"}}'
         ).encode()
         await send(
             {

@@ -92,9 +92,10 @@ for _layout in tabular.LAYOUTS.values():
         + "按 外部编号，其次 项目代码，其次 编号 匹配已有项目并更新；都匹配不到则新建。外部编号留空不会清除已有的外部编号。"
         "若某行会修改记录而其 版本 与当前版本不同（导出后被别人改过），该行报错。"
         "`dry_run=true` 只检查并返回逐行报告，不写入；正式导入在一个事务中执行，任一行出错返回 422 并列出每个错误，"
-        "什么都不写。原样导入刚导出的文件不产生任何改动。请求体受 MAX_BODY_BYTES（默认 1 MiB）限制，"
-        "大文件请用命令行 `python -m app import FILE`。"
-        " Rows match by external_id, else code, else id; all or nothing."
+        "什么都不写。原样导入刚导出的文件不产生任何改动。上传文件受 IMPORT_MAX_BODY_BYTES（默认 64 MiB，"
+        "约 25 万行 CSV）限制，超过返回 413；更大的文件请用命令行 `python -m app import FILE`。"
+        " Rows match by external_id, else code, else id; all or nothing. The upload may be up to"
+        " IMPORT_MAX_BODY_BYTES (64 MiB by default), not the 1 MiB other requests are held to."
     ),
     operation_id="import_projects",
     dependencies=[CanWrite],
