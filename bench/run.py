@@ -664,7 +664,7 @@ def bench_engine(
         **os.environ,
         "DATABASE_URL": engine.url,
         "REGISTRY_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "MAX_BODY_BYTES": str(512 * 2**20),  # the import of 100,000 rows is one upload
+        "IMPORT_MAX_BODY_BYTES": str(512 * 2**20),  # the import of 100,000 rows is one upload
     }
     ours = Server(
         f"{engine.name}-ours", [sys.executable, "-m", "uvicorn", "app.main:app"], env, workdir
