@@ -1,7 +1,12 @@
 """Versions, ETags, conditional requests, soft deletes and the change log."""
 
+import asyncio
+
+import httpx
 from fastapi.testclient import TestClient
 
+from app.config import Settings
+from app.main import create_app
 from tests.helpers import API, make_chain, make_park, make_project, post, problem
 
 
@@ -121,3 +126,33 @@ def test_every_write_lands_in_the_change_feed(client: TestClient) -> None:
     assert seqs == sorted(seqs) and feed["last_seq"] == seqs[-1]
     rest = client.get(f"{API}/changes", params={"after": seqs[0]}).json()
     assert [c["seq"] for c in rest["items"]] == seqs[1:]
+
+
+def test_more_concurrent_writes_than_pooled_connections_do_not_stall(
+    settings: Settings, tokens: dict[str, str]
+) -> None:
+    """Each request holds at most one pooled connection at a time (the token check returns its
+    own at once), so more concurrent writers than connections queue instead of deadlocking
+    (each holding one and waiting for a second until the pool's timeout, then a 503)."""
+    small = settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 0})
+    app = create_app(small)
+    headers = {"Authorization": f"Bearer {tokens['write']}"}
+
+    async def run() -> list[int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://testserver", headers=headers
+            ) as http:
+                park = await http.post(f"{API}/parks", json={"name": "并发园区", "level": "other"})
+                park_id = park.json()["id"]
+
+                async def create(i: int) -> int:
+                    body = {"park_id": park_id, "name": f"并发{i}", "stage": "planning"}
+                    return (await http.post(f"{API}/projects", json=body)).status_code
+
+                return await asyncio.wait_for(
+                    asyncio.gather(*(create(i) for i in range(12))), timeout=20
+                )
+
+    assert asyncio.run(run()) == [201] * 12
