@@ -877,6 +877,8 @@ def print_engine(r: dict[str, Any]) -> None:
         ratio = ours.rps / ref.rps if ref.rps else 0
         p99x = ours.p99_ms / ref.p99_ms if ref.p99_ms else 0
         errors = "" if not (ours.errors or ref.errors) else f"{ours.errors}/{ref.errors}"
+        if not ours.rps or not ref.rps:
+            errors += " no responses from " + ("ours" if not ours.rps else "the reference")
         if ours.fallback or ref.fallback:
             errors += f" If-Match:* fallbacks {ours.fallback}/{ref.fallback}"
         if ours.note or ref.note:
