@@ -30,6 +30,18 @@ def make_chain(
     )
 
 
+def make_enterprise(
+    client: TestClient,
+    park_id: int,
+    chain_id: int,
+    name: str = "交大智邦（枣庄）数字科技有限公司",
+    **extra: Any,
+) -> dict[str, Any]:
+    return post(
+        client, "enterprises", {"park_id": park_id, "chain_id": chain_id, "name": name, **extra}
+    )
+
+
 def make_project(
     client: TestClient, park_id: int, name: str = "鲁南大数据中心", **extra: Any
 ) -> dict[str, Any]:

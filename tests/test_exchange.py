@@ -19,7 +19,7 @@ from app import seed
 from app.config import PROJECT_DIR
 from app.db import Database, make_engine
 from app.services import records, tabular
-from tests.helpers import API, make_chain, make_park, make_project, post, problem
+from tests.helpers import API, make_chain, make_enterprise, make_park, make_project, post, problem
 
 PROJECT_HEADERS = [
     "编号",
@@ -57,16 +57,7 @@ def registry(client: TestClient) -> dict[str, Any]:
     """A small registry like the seed: the big-data centre with its two conflicting figures."""
     park = make_park(client)
     chain = make_chain(client, park["id"])
-    enterprise = post(
-        client,
-        "enterprises",
-        {
-            "park_id": park["id"],
-            "chain_id": chain["id"],
-            "name": "交大智邦（枣庄）数字科技有限公司",
-            "is_high_tech": True,
-        },
-    )
+    enterprise = make_enterprise(client, park["id"], chain["id"], is_high_tech=True)
     center = make_project(
         client,
         park["id"],

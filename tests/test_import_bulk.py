@@ -18,7 +18,7 @@ from app.db import Database, make_engine
 from app.main import create_app
 from app.resources import PROJECTS
 from app.services import records, tabular
-from tests.helpers import API, make_chain, make_park, post, problem
+from tests.helpers import API, make_chain, make_enterprise, make_park, post, problem
 from tests.test_exchange import (
     PROJECT_HEADERS,
     changes_after,
@@ -39,15 +39,7 @@ def registry(client: TestClient) -> dict[str, Any]:
     park = make_park(client)
     chain = make_chain(client, park["id"])
     other_chain = make_chain(client, park["id"], code="lithium", name="锂电")
-    enterprise = post(
-        client,
-        "enterprises",
-        {
-            "park_id": park["id"],
-            "chain_id": chain["id"],
-            "name": "交大智邦（枣庄）数字科技有限公司",
-        },
-    )
+    enterprise = make_enterprise(client, park["id"], chain["id"])
     source = post(client, "sources", {"title": "枣庄高新区将率先突破攻坚", "publisher": "齐鲁晚报"})
     return {
         "park": park,

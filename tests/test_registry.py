@@ -2,22 +2,13 @@
 
 from fastapi.testclient import TestClient
 
-from tests.helpers import API, make_chain, make_park, post, problem
+from tests.helpers import API, make_chain, make_enterprise, make_park, post, problem
 
 
 def test_a_client_builds_the_registry(client: TestClient) -> None:
     park = make_park(client)
     chain = make_chain(client, park["id"])
-    enterprise = post(
-        client,
-        "enterprises",
-        {
-            "park_id": park["id"],
-            "chain_id": chain["id"],
-            "name": "交大智邦（枣庄）数字科技有限公司",
-            "credit_code": "91350100M000100Y43",
-        },
-    )
+    enterprise = make_enterprise(client, park["id"], chain["id"], credit_code="91350100M000100Y43")
     project = post(
         client,
         "projects",
