@@ -105,11 +105,10 @@ _bearer = HTTPBearer(
 )
 
 
-async def principal_from(
-    app: Any, authorization: str | None, session: AsyncSession | None = None
-) -> Principal | None:
+async def principal_from(app: Any, authorization: str | None) -> Principal | None:
     """Both schemes read the same `Authorization: Bearer` header; the token's shape tells which.
-    A service token is looked up on every request, so revoking it takes effect at once."""
+    A service token is looked up on every request, so revoking it takes effect at once, on a
+    session of its own that is closed before the route takes a connection (see `_principal`)."""
     if authorization is None:
         return None
     scheme, _, token = authorization.partition(" ")
@@ -117,8 +116,6 @@ async def principal_from(
         raise Unauthorized("use Authorization: Bearer <token>")
     token = token.strip()
     if token.startswith(security.TOKEN_PREFIX):
-        if session is not None:
-            return await user_service.principal_for_token(session, token)
         db: Database = app.state.db
         async with db.reader() as own:
             return await user_service.principal_for_token(own, token)

@@ -10,7 +10,7 @@ from typing import Any
 from app.dashboard import svg
 from app.dashboard.data import DashboardData, TargetRow, total
 from app.models.park import ParkLevel
-from app.models.project import Stage
+from app.models.project import STAGE_ZH
 from app.models.target import Metric, Recurrence
 from app.money import display
 from app.services.project import HEADLINE_RULE
@@ -29,15 +29,6 @@ METRICS: dict[Metric, tuple[str, str]] = {
     Metric.high_tech_enterprises: ("高新技术企业", "High-tech enterprises"),
     Metric.above_scale_enterprises: ("规上企业", "Above-scale enterprises"),
     Metric.other: ("其他指标", "Other targets"),
-}
-STAGES: dict[Stage, str] = {
-    Stage.planning: "谋划",
-    Stage.negotiating: "在谈",
-    Stage.signed: "签约",
-    Stage.under_construction: "在建",
-    Stage.completed: "竣工",
-    Stage.operating: "投产",
-    Stage.cancelled: "终止",
 }
 LEVELS: dict[ParkLevel, str] = {
     ParkLevel.national: "国家级",
@@ -214,7 +205,7 @@ def investment_charts(data: DashboardData) -> str:
     staged = {g["key"]: g for g in data.by_stage}
     stage_rows = [
         (f"{zh} {stage.value}", staged.get(stage.value, _empty_group(stage.value, zh)))
-        for stage, zh in STAGES.items()
+        for stage, zh in STAGE_ZH.items()
     ]
     by_stage = svg.bar_chart(
         "investment-by-stage",

@@ -85,7 +85,6 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
-JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 YEAR_MIN, YEAR_MAX = 1949, 2100
 # Bounds before the validator: after it, pydantic would write `ge`/`le` into the OpenAPI
 # document, which JSON Schema (and every client generator) does not read as bounds.

@@ -33,6 +33,17 @@ class Stage(StrEnum):
     cancelled = "cancelled"
 
 
+# The stages' Chinese names: exports and imports write them, the dashboard shows them.
+STAGE_ZH: dict[Stage, str] = {
+    Stage.planning: "谋划",
+    Stage.negotiating: "在谈",
+    Stage.signed: "签约",
+    Stage.under_construction: "在建",
+    Stage.completed: "竣工",
+    Stage.operating: "投产",
+    Stage.cancelled: "终止",
+}
+
 # A project has landed (落地) once signed, and stays landed unless cancelled.
 LANDED_STAGES = (Stage.signed, Stage.under_construction, Stage.completed, Stage.operating)
 

@@ -24,7 +24,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -55,7 +55,7 @@ from app.models.common import ListParams
 from app.models.enterprise import Enterprise
 from app.models.investment import InvestmentKind
 from app.models.park import Park
-from app.models.project import Project, Stage
+from app.models.project import STAGE_ZH, Project
 from app.resources import ENTERPRISES, INVESTMENTS, PROJECTS
 from app.services import bulk, records
 from app.services.records import ResourceSpec
@@ -67,15 +67,6 @@ SPOOL_BYTES = 8 * 1024 * 1024  # an XLSX stays in memory up to this size, then g
 CHUNK = 64 * 1024
 IMPORT_CHUNK = 1000  # rows checked against the registry, and written, together
 
-STAGE_LABELS: dict[str, str] = {
-    Stage.planning: "谋划",
-    Stage.negotiating: "在谈",
-    Stage.signed: "签约",
-    Stage.under_construction: "在建",
-    Stage.completed: "竣工",
-    Stage.operating: "投产",
-    Stage.cancelled: "终止",
-}
 KIND_LABELS: dict[str, str] = {
     InvestmentKind.planned_total: "计划总投资",
     InvestmentKind.annual_plan: "年度计划",
@@ -239,7 +230,7 @@ def value_of(column: Column, record: Any, names: dict[tuple[type, int], str]) ->
         assert column.related is not None
         return names.get((column.related, raw))
     if column.kind == Kind.STAGE:
-        return STAGE_LABELS.get(raw, str(raw))
+        return STAGE_ZH.get(raw, str(raw))
     if column.kind == Kind.INVESTMENT_KIND:
         return KIND_LABELS.get(raw, str(raw))
     if column.kind == Kind.WAN:
@@ -544,12 +535,10 @@ def _as_bool(value: Any) -> bool:
     raise CellError(f"应为“是”或“否”，而不是“{text}” (expected 是 or 否)")
 
 
-_BY_LABEL = {
-    id(labels): {v: k for k, v in labels.items()} for labels in (STAGE_LABELS, KIND_LABELS)
-}
+_BY_LABEL = {id(labels): {v: k for k, v in labels.items()} for labels in (STAGE_ZH, KIND_LABELS)}
 
 
-def _as_label(value: Any, labels: dict[str, str], what: str) -> str:
+def _as_label(value: Any, labels: Mapping[Any, str], what: str) -> str:
     """`签约`, `signed`, `签约 signed` or `签约(signed)` → `signed`."""
     text = (value if isinstance(value, str) else _as_text(value)).strip()
     by_label = _BY_LABEL[id(labels)]
@@ -577,7 +566,7 @@ def cell_parser(column: Column, *, from_csv: bool) -> Callable[[Any], Any]:
     convert: Callable[[Any], Any] = {
         Kind.INT: _as_int,
         Kind.BOOL: _as_bool,
-        Kind.STAGE: lambda v: _as_label(v, STAGE_LABELS, "阶段"),
+        Kind.STAGE: lambda v: _as_label(v, STAGE_ZH, "阶段"),
         Kind.INVESTMENT_KIND: lambda v: _as_label(v, KIND_LABELS, "类型"),
     }.get(kind, _as_text)
 
