@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     db_pool_size: int = 20
     db_max_overflow: int = 10
     docs_enabled: bool = True
+    # Reads of one record and of a list page answered below FastAPI on PostgreSQL (app/fastpath.py).
+    fast_reads: bool = True
     cors_origins: list[str] = []
     log_level: str = "info"
 

@@ -18,6 +18,7 @@ from app.api.deps import DecimalRoute, caller_name
 from app.config import Settings, get_settings
 from app.dashboard.openapi_tags import OPENAPI_TAGS
 from app.db import Database, make_engine
+from app.fastpath import FastReads
 from app.idempotency import Idempotency
 from app.limits import BodyLimit
 from app.resources import ALL
@@ -121,6 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    # Innermost of ours: CORS, idempotency, the body limit and the request id apply to what
+    # the fast read path answers as to everything else.
+    app.add_middleware(FastReads, prefix=API_PREFIX)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
