@@ -1,9 +1,11 @@
 """Engine and sessions: one async path for both engines (asyncpg, aiosqlite)."""
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
@@ -11,6 +13,15 @@ from sqlalchemy.ext.asyncio import (
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
+)
+from sqlalchemy.util import greenlet_spawn
+
+# Errors after which a driver connection is not reused.
+BROKEN = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
 )
 
 ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
@@ -104,6 +115,29 @@ class Database:
     async def write_session(self) -> AsyncIterator[AsyncSession]:
         async with self.writer() as session:
             yield session
+
+    @asynccontextmanager
+    async def driver_connection(self) -> AsyncIterator[Any]:
+        """The driver's own connection (asyncpg's) under one of the pool's connections, for
+        the few hot statements where SQLAlchemy's execution machinery costs more than the
+        query: the fast reads and the service-token check. Autocommit, as the driver is
+        outside a transaction. A connection that failed or was abandoned mid-statement is
+        discarded rather than handed to the next request."""
+        fairy = await greenlet_spawn(self.engine.sync_engine.pool.connect)
+        try:
+            yield fairy.driver_connection
+        except BaseException as exc:
+            conn = fairy.driver_connection
+            if (
+                not isinstance(exc, Exception)  # cancelled mid-statement
+                or isinstance(exc, BROKEN)
+                or conn is None
+                or conn.is_closed()
+            ):
+                await greenlet_spawn(fairy.invalidate, exc)
+            raise
+        finally:
+            await greenlet_spawn(fairy.close)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -22,23 +22,21 @@ middleware wrap this layer as they wrap the application. `tests/test_fastpath.py
 that both paths answer the same bytes.
 """
 
-import json
 from collections.abc import Callable
 from typing import Any, get_args
 from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, PlainSerializer, ValidationError, WrapSerializer
 from pydantic_core import to_json
-from sqlalchemy.util import greenlet_spawn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import security
-from app.db_types import utcnow
 from app.errors import AppError
 from app.models.common import MAX_ID, DecimalString, ListParams
 from app.models.user import Role
 from app.resources import BY_NAME
 from app.services import records
+from app.services import user as user_service
 from app.services.records import ResourceSpec
 
 # The list parameters every resource shares, other than plain column filters.
@@ -246,32 +244,25 @@ class FastReads:
         # Parse the list's query before taking a connection: bad input never costs one.
         query = None if record_id is not None else self._list_query(shape, scope)
 
-        pool = db.engine.sync_engine.pool
         try:
-            fairy = await greenlet_spawn(pool.connect)
-        except Exception as exc:
-            raise Delegate from exc  # the full path answers 503 as it always has
-        try:
-            conn = fairy.driver_connection
-            await self._authorise(conn, settings, headers.get(b"authorization"))
-            await shape.ready(conn)
-            if record_id is not None:
-                return await self._get(conn, shape, record_id, headers.get(b"if-none-match"))
-            assert query is not None
-            return await self._list(conn, shape, *query)
+            async with db.driver_connection() as conn:
+                await self._authorise(db, conn, settings, headers.get(b"authorization"))
+                await shape.ready(conn)
+                if record_id is not None:
+                    return await self._get(conn, shape, record_id, headers.get(b"if-none-match"))
+                assert query is not None
+                return await self._list(conn, shape, *query)
         except Delegate:
             raise
         except Exception as exc:
-            # A connection that failed mid-query is not given back to the pool for the next
-            # request; the full path then meets the same condition and answers it.
-            await greenlet_spawn(fairy.invalidate, exc)
+            # No connection, or a statement failed: the full path meets the same condition
+            # and answers it (a 503 while the database is away).
             raise Delegate from exc
-        finally:
-            await greenlet_spawn(fairy.close)
 
     @staticmethod
-    async def _authorise(conn: Any, settings: Any, authorization: bytes | None) -> None:
-        """Succeeds exactly where `deps.require(Role.viewer)` lets a request through."""
+    async def _authorise(db: Any, conn: Any, settings: Any, authorization: bytes | None) -> None:
+        """Succeeds exactly where `deps.require(Role.viewer)` lets a request through, with
+        the same code deciding (`security`, `user_service`)."""
         if authorization is None:
             if settings.public_read:
                 return
@@ -280,27 +271,14 @@ class FastReads:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Delegate
-        if not token.startswith(security.TOKEN_PREFIX):
-            try:
+        try:
+            if token.startswith(security.TOKEN_PREFIX):
+                principal = await user_service.principal_for_token(db, token, conn)
+            else:
                 principal = security.read_access_token(settings, token)
-            except AppError as exc:
-                raise Delegate from exc
-            if not principal.allows(Role.viewer):
-                raise Delegate
-            return
-        parsed = security.parse_api_token(token)
-        if parsed is None or not 1 <= parsed[0] <= MAX_ID:
-            raise Delegate
-        row = await conn.fetchrow(
-            "SELECT token_hash, revoked_at, expires_at, scopes FROM api_token WHERE id = $1",
-            parsed[0],
-        )
-        if row is None or not security.digest_matches(parsed[1], row[0]) or row[1] is not None:
-            raise Delegate
-        if row[2] is not None and row[2] <= utcnow():
-            raise Delegate
-        scopes = json.loads(row[3]) if isinstance(row[3], str) else row[3]
-        if not security.Principal("", security.role_of_scopes(scopes), "token").allows(Role.viewer):
+        except AppError as exc:
+            raise Delegate from exc
+        if not principal.allows(Role.viewer):
             raise Delegate
 
     @staticmethod

@@ -108,7 +108,7 @@ _bearer = HTTPBearer(
 async def principal_from(app: Any, authorization: str | None) -> Principal | None:
     """Both schemes read the same `Authorization: Bearer` header; the token's shape tells which.
     A service token is looked up on every request, so revoking it takes effect at once, on a
-    session of its own that is closed before the route takes a connection (see `_principal`)."""
+    connection of its own that is returned before the route takes one (see `_principal`)."""
     if authorization is None:
         return None
     scheme, _, token = authorization.partition(" ")
@@ -116,9 +116,7 @@ async def principal_from(app: Any, authorization: str | None) -> Principal | Non
         raise Unauthorized("use Authorization: Bearer <token>")
     token = token.strip()
     if token.startswith(security.TOKEN_PREFIX):
-        db: Database = app.state.db
-        async with db.reader() as own:
-            return await user_service.principal_for_token(own, token)
+        return await user_service.principal_for_token(app.state.db, token)
     return security.read_access_token(app.state.settings, token)
 
 
