@@ -2,7 +2,6 @@
 (the same columns, versions, times and change-feed entries), in a few statements per chunk of
 rows. For resources without `prepare` / `after_write` hooks; the caller checks the rules first."""
 
-import functools
 import json
 import pickle
 import tempfile
@@ -25,22 +24,6 @@ def _table(model: type[SQLModel]) -> Any:
     return model.__table__  # type: ignore[attr-defined]
 
 
-@functools.cache
-def _defaults(model: type[SQLModel]) -> dict[str, Any]:
-    """The values a new record takes for columns its data leaves out (the model's defaults)."""
-    fields = model.model_fields
-    return {
-        column.key: fields[column.key].get_default(call_default_factory=True)
-        for column in _table(model).columns
-        if column.key != "id" and not fields[column.key].is_required()
-    }
-
-
-def new_row(spec: ResourceSpec, data: dict[str, Any], now: datetime) -> Row:
-    """The columns `records.insert` writes: the model's defaults, the data, version 1."""
-    return {**_defaults(spec.model), **data, "version": 1, "created_at": now, "updated_at": now}
-
-
 def updated_row(spec: ResourceSpec, record: Any, changed: dict[str, Any], now: datetime) -> Row:
     """The columns `records.apply_update` leaves: what changed, the next version, `now`."""
     row = {column.key: getattr(record, column.key) for column in spec.table.columns}
@@ -49,7 +32,7 @@ def updated_row(spec: ResourceSpec, record: Any, changed: dict[str, Any], now: d
 
 
 async def insert_rows(session: AsyncSession, spec: ResourceSpec, rows: list[Row]) -> None:
-    """Inserts rows made by `new_row` (multi-row statements) and sets their `id`."""
+    """Inserts rows made by `records.new_row` (multi-row statements) and sets their `id`."""
     if not rows:
         return
     table = spec.table

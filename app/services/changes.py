@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Any
 
 import pydantic_core
-from sqlalchemy import Text, cast, select, text
+from sqlalchemy import Text, bindparam, cast, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import context
@@ -27,21 +27,40 @@ async def record(
     changed_at: datetime,
     data: dict[str, Any] | None,
 ) -> None:
-    if session.bind.dialect.name == "postgresql":
-        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FEED_LOCK})
-    session.add(
-        Change(
-            resource=resource,
-            record_id=record_id,
-            external_id=external_id,
-            op=op,
-            version=version,
-            changed_at=changed_at,
-            actor=context.actor.get(),
-            request_id=context.request_id.get(),
-            data=data,
-        )
-    )
+    """Appends the change row with one Core INSERT (no ORM instance: nothing reads it back in
+    this transaction). On PostgreSQL the same statement first takes the feed lock, so the row's
+    seq is drawn under it: `INSERT … SELECT … FROM pg_advisory_xact_lock(k)`."""
+    values = {
+        "resource": resource,
+        "record_id": record_id,
+        "external_id": external_id,
+        "op": op,
+        "version": version,
+        "changed_at": changed_at,
+        "actor": context.actor.get(),
+        "request_id": context.request_id.get(),
+        "data": data,
+    }
+    dialect = session.bind.dialect.name
+    stmt = _STATEMENTS.get(dialect)
+    await session.execute(_build(dialect) if stmt is None else stmt, values)
+
+
+_STATEMENTS: dict[str, Any] = {}
+
+
+def _build(dialect: str) -> Any:
+    """The change row's INSERT, built once per dialect (see `records._statement`)."""
+    table = Change.__table__  # type: ignore[attr-defined]
+    names = [c.key for c in table.columns if c.key != "seq"]
+    if dialect != "postgresql":
+        stmt = insert(table).values({k: bindparam(k, type_=table.c[k].type) for k in names})
+    else:
+        row = select(*(bindparam(k, type_=table.c[k].type).label(k) for k in names))
+        locked = row.select_from(func.pg_advisory_xact_lock(_FEED_LOCK).table_valued())
+        stmt = insert(table).from_select(names, locked)
+    _STATEMENTS[dialect] = stmt
+    return stmt
 
 
 _FEED_COLUMNS = (

@@ -1006,7 +1006,7 @@ class _Importer:
         now = utcnow()
         if target is None:
             self.created += 1
-            return "create", bulk.new_row(spec, data, now), set()
+            return "create", records.new_row(spec, data, now), set()
         for name, vacated in self.vacated.items():
             old = getattr(target, name, None)
             if name in data and old is not None:
