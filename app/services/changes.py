@@ -43,7 +43,8 @@ async def record(
     }
     dialect = session.bind.dialect.name
     stmt = _STATEMENTS.get(dialect)
-    await session.execute(_build(dialect) if stmt is None else stmt, values)
+    connection = await session.connection()  # a Core statement: no ORM execution layer
+    await connection.execute(_build(dialect) if stmt is None else stmt, values)
 
 
 _STATEMENTS: dict[str, Any] = {}

@@ -26,8 +26,10 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy import insert as sa_insert
+from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
@@ -118,7 +120,7 @@ async def read_row(session: AsyncSession, spec: ResourceSpec, record_id: int) ->
         ("row", spec.name),
         lambda: select(table).where(table.c.id == bindparam("id"), table.c.deleted_at.is_(None)),
     )
-    row = (await session.execute(stmt, {"id": record_id})).one_or_none()
+    row = (await _core(session, stmt, {"id": record_id})).one_or_none()
     if row is None:
         raise NotFound(f"{spec.singular} {record_id} does not exist")
     return row
@@ -339,6 +341,12 @@ def etag(record: Any) -> str:
 PARKS_OF = "parks_of"  # session.info key: (table, id) → park_id of the parents just checked
 
 
+async def _core(session: AsyncSession, stmt: Any, params: dict[str, Any]) -> Any:
+    """A Core statement on the session's connection: the same transaction, without the ORM's
+    execution layer, which a statement that loads no ORM object does not need."""
+    return await (await session.connection()).execute(stmt, params)
+
+
 def _parents_statement(spec: ResourceSpec, fks: tuple[str, ...]) -> Any:
     """The parent check's query for the parents named (`:fk` parameters)."""
     columns = []
@@ -363,7 +371,7 @@ async def _check_parents(session: AsyncSession, spec: ResourceSpec, data: dict[s
         return
     fks = tuple(fk for fk, _, _ in given)
     stmt = _statement(("parents", spec.name, fks), lambda: _parents_statement(spec, fks))
-    found = (await session.execute(stmt, {fk: value for fk, _, value in given})).one()._mapping
+    found = (await _core(session, stmt, {fk: value for fk, _, value in given})).one()._mapping
     errors = []
     for fk, parent, parent_id in given:
         name = parent.__tablename__
@@ -454,7 +462,7 @@ async def insert(
     # `INSERT … RETURNING` every column; the columns written are the parameters given.
     table = spec.table
     stmt = _statement(("insert", spec.name), lambda: sa_insert(table).returning(*table.c))
-    record = (await session.execute(stmt, new_row(spec, data, utcnow()))).one()
+    record = (await _core(session, stmt, new_row(spec, data, utcnow()))).one()
     if spec.after_write:
         await spec.after_write(session, record, None)
     await log_change(session, spec, record, op)
@@ -480,16 +488,29 @@ async def apply_update(
     if spec.validate:
         await spec.validate(session, record, changed)
     await _check_unique(session, spec, changed, record.id)
-    before = _snapshot(record)
-    for key, value in changed.items():
-        setattr(record, key, value)
-    record.version += 1
-    record.updated_at = utcnow()
-    await session.flush()
+    before = _snapshot(record) if spec.after_write else None
+    await _write(session, spec, record, {**changed, "version": record.version + 1})
     if spec.after_write:
         await spec.after_write(session, record, before)
     await log_change(session, spec, record, "update")
     return True
+
+
+async def _write(
+    session: AsyncSession, spec: ResourceSpec, record: Any, values: dict[str, Any]
+) -> None:
+    """Writes `values` and a new `updated_at` to the record's row with one Core UPDATE, and
+    gives the loaded record the same values as already stored (the ORM's unit of work would
+    cost more than the statement; issue 6)."""
+    values = {**values, "updated_at": values.get("updated_at") or utcnow()}
+    table = spec.table
+    # Without `.values()`, the columns set are the parameters given; `_id` binds the WHERE.
+    stmt = _statement(
+        ("update", spec.name), lambda: sa_update(table).where(table.c.id == bindparam("_id"))
+    )
+    await _core(session, stmt, {**values, "_id": record.id})
+    for key, value in values.items():
+        set_committed_value(record, key, value)
 
 
 async def live_children(
@@ -519,12 +540,11 @@ async def soft_delete(session: AsyncSession, spec: ResourceSpec, record: Any) ->
             f"{spec.singular} {record.id} still has live records ({named}); delete or move them first",
             extra={"children": blocking},
         )
-    before = _snapshot(record)
+    before = _snapshot(record) if spec.after_write else None
     now = utcnow()
-    record.deleted_at = now
-    record.updated_at = now
-    record.version += 1
-    await session.flush()
+    await _write(
+        session, spec, record, {"deleted_at": now, "updated_at": now, "version": record.version + 1}
+    )
     if spec.after_write:
         await spec.after_write(session, record, before)
     await log_change(session, spec, record, "delete")
@@ -544,7 +564,7 @@ async def _fail_fast_if_stale(
             spec.column("id") == bindparam("id"), spec.column("deleted_at").is_(None)
         ),
     )
-    version = await session.scalar(stmt, {"id": record_id})
+    version = (await _core(session, stmt, {"id": record_id})).scalar()
     if version is not None and f'"{version}"' not in if_match:
         raise PreconditionFailed(
             f"version {version} is current; the request was made against {', '.join(if_match)}",
