@@ -134,8 +134,8 @@ def _plain_fields(
             return None
         fields.append(name)
     computed = []
-    for name, info in model.__pydantic_computed_fields__.items():
-        if info.alias and info.alias != name:
+    for name, computed_info in model.__pydantic_computed_fields__.items():
+        if computed_info.alias and computed_info.alias != name:
             return None
         computed.append((name, getattr(model, name).fget))
     return fields, computed
