@@ -61,7 +61,7 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
 
 
-def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 10) -> AsyncEngine:
+def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 0) -> AsyncEngine:
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
         if target.database and target.database != ":memory:":
