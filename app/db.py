@@ -1,6 +1,6 @@
 """Engine and sessions: one async path for both engines (asyncpg, aiosqlite)."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,24 @@ BROKEN = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.PostgresConnectionError,
 )
+
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """A statement built once per shape (`key`) and run again with new bind parameters: that
+    skips SQLAlchemy's construction and cache-key work, most of a short statement's cost."""
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _STATEMENTS[key] = build()
+    return stmt
+
+
+async def execute_core(session: AsyncSession, stmt: Any, params: dict[str, Any]) -> Any:
+    """A Core statement on the session's connection: the same transaction, without the ORM's
+    execution layer, which a statement that loads no ORM object does not need."""
+    return await (await session.connection()).execute(stmt, params)
+
 
 ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
 

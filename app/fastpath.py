@@ -30,13 +30,12 @@ from pydantic import BaseModel, PlainSerializer, ValidationError, WrapSerializer
 from pydantic_core import to_json
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import security
+from app.api.deps import none_match_tags, principal_from
 from app.errors import AppError
 from app.models.common import MAX_ID, DecimalString, ListParams
 from app.models.user import Role
 from app.resources import BY_NAME
 from app.services import records
-from app.services import user as user_service
 from app.services.records import ResourceSpec
 
 # The list parameters every resource shares, other than plain column filters.
@@ -177,12 +176,6 @@ def _keyset(sql: _Sql, keys: list[tuple[str, bool]], values: list[Any]) -> str:
     return keyset
 
 
-def _etags(raw: bytes | None) -> list[str] | None:
-    if raw is None:
-        return None
-    return [t.strip() for t in raw.decode("latin-1").split(",") if t.strip()]
-
-
 class FastReads:
     """ASGI middleware: answers GET /api/v1/{resource}/{id} and GET /api/v1/{resource} on
     PostgreSQL when it can, and hands everything else to the application behind it."""
@@ -246,7 +239,7 @@ class FastReads:
 
         try:
             async with db.driver_connection() as conn:
-                await self._authorise(db, conn, settings, headers.get(b"authorization"))
+                await self._authorise(app, conn, headers.get(b"authorization"))
                 await shape.ready(conn)
                 if record_id is not None:
                     return await self._get(conn, shape, record_id, headers.get(b"if-none-match"))
@@ -260,24 +253,19 @@ class FastReads:
             raise Delegate from exc
 
     @staticmethod
-    async def _authorise(db: Any, conn: Any, settings: Any, authorization: bytes | None) -> None:
-        """Succeeds exactly where `deps.require(Role.viewer)` lets a request through, with
-        the same code deciding (`security`, `user_service`)."""
-        if authorization is None:
-            if settings.public_read:
+    async def _authorise(app: Any, conn: Any, authorization: bytes | None) -> None:
+        """Succeeds exactly where `deps.require(Role.viewer)` lets a request through: the same
+        `deps.principal_from` decides, on the connection already held."""
+        try:
+            principal = await principal_from(
+                app, None if authorization is None else authorization.decode("latin-1"), conn
+            )
+        except AppError as exc:
+            raise Delegate from exc  # the full path answers the 401
+        if principal is None:
+            if app.state.settings.public_read:
                 return
             raise Delegate
-        scheme, _, token = authorization.decode("latin-1").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Delegate
-        try:
-            if token.startswith(security.TOKEN_PREFIX):
-                principal = await user_service.principal_for_token(db, token, conn)
-            else:
-                principal = security.read_access_token(settings, token)
-        except AppError as exc:
-            raise Delegate from exc
         if not principal.allows(Role.viewer):
             raise Delegate
 
@@ -290,11 +278,9 @@ class FastReads:
             raise Delegate  # the full path answers the 404
         tag = f'"{record["version"]}"'
         etag = (b"etag", tag.encode())
-        tags = _etags(if_none_match)
-        if tags is not None:
-            tags = [t.removeprefix("W/") for t in tags]
-            if "*" in tags or tag in tags:
-                return 304, [etag], b""
+        tags = none_match_tags(None if if_none_match is None else if_none_match.decode("latin-1"))
+        if tags is not None and ("*" in tags or tag in tags):
+            return 304, [etag], b""
         return 200, [etag], to_json(shape.public(record))
 
     @staticmethod

@@ -56,14 +56,18 @@ async def _if_match(
     return _etags(if_match)
 
 
+def none_match_tags(value: str | None) -> list[str] | None:
+    """The ETags of an `If-None-Match` header, compared weakly: W/"3" matches "3"."""
+    tags = _etags(value)
+    return None if tags is None else [t.removeprefix("W/") for t in tags]
+
+
 async def _if_none_match(
     if_none_match: Annotated[
         str | None, Header(description="与当前 ETag 相同则返回 304 (conditional GET)")
     ] = None,
 ) -> list[str] | None:
-    tags = _etags(if_none_match)
-    # If-None-Match uses the weak comparison: W/"3" matches "3".
-    return None if tags is None else [t.removeprefix("W/") for t in tags]
+    return none_match_tags(if_none_match)
 
 
 IfMatch = Annotated[list[str] | None, Depends(_if_match)]
@@ -110,10 +114,11 @@ _bearer = HTTPBearer(
 )
 
 
-async def principal_from(app: Any, authorization: str | None) -> Principal | None:
+async def principal_from(app: Any, authorization: str | None, conn: Any = None) -> Principal | None:
     """Both schemes read the same `Authorization: Bearer` header; the token's shape tells which.
     A service token is looked up on every request, so revoking it takes effect at once, on a
-    connection of its own that is returned before the route takes one (see `_principal`)."""
+    connection of its own that is returned before the route takes one (see `_principal`), or
+    on `conn`, a driver connection the caller holds (the fast read path's)."""
     if authorization is None:
         return None
     scheme, _, token = authorization.partition(" ")
@@ -121,7 +126,7 @@ async def principal_from(app: Any, authorization: str | None) -> Principal | Non
         raise Unauthorized("use Authorization: Bearer <token>")
     token = token.strip()
     if token.startswith(security.TOKEN_PREFIX):
-        return await user_service.principal_for_token(app.state.db, token)
+        return await user_service.principal_for_token(app.state.db, token, conn)
     return security.read_access_token(app.state.settings, token)
 
 

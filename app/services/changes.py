@@ -8,6 +8,7 @@ from sqlalchemy import Text, bindparam, cast, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import context
+from app.db import execute_core, statement
 from app.models.change import Change
 
 # PostgreSQL hands out sequence values at insert but makes rows visible at commit, so a poller
@@ -42,16 +43,11 @@ async def record(
         "data": data,
     }
     dialect = session.bind.dialect.name
-    stmt = _STATEMENTS.get(dialect)
-    connection = await session.connection()  # a Core statement: no ORM execution layer
-    await connection.execute(_build(dialect) if stmt is None else stmt, values)
+    await execute_core(session, statement(("change", dialect), lambda: _insert(dialect)), values)
 
 
-_STATEMENTS: dict[str, Any] = {}
-
-
-def _build(dialect: str) -> Any:
-    """The change row's INSERT, built once per dialect (see `records._statement`)."""
+def _insert(dialect: str) -> Any:
+    """The change row's INSERT for one dialect (built once: `db.statement`)."""
     table = Change.__table__  # type: ignore[attr-defined]
     names = [c.key for c in table.columns if c.key != "seq"]
     if dialect != "postgresql":
@@ -60,7 +56,6 @@ def _build(dialect: str) -> Any:
         row = select(*(bindparam(k, type_=table.c[k].type).label(k) for k in names))
         locked = row.select_from(func.pg_advisory_xact_lock(_FEED_LOCK).table_valued())
         stmt = insert(table).from_select(names, locked)
-    _STATEMENTS[dialect] = stmt
     return stmt
 
 

@@ -34,6 +34,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
+from app.db import execute_core, statement
 from app.db_types import ExactDecimal, UTCDateTime, utcnow
 from app.errors import Conflict, FieldError, Invalid, NotFound, PreconditionFailed
 from app.models.common import MAX_ID, ListParams
@@ -41,18 +42,6 @@ from app.services import changes
 
 Hook = Callable[[AsyncSession, Any, dict[str, Any]], Awaitable[None]]
 AfterHook = Callable[[AsyncSession, Any, Any], Awaitable[None]]
-
-
-_STATEMENTS: dict[tuple[Any, ...], Any] = {}
-
-
-def _statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
-    """A statement built once per shape and run again with new parameters: that skips
-    SQLAlchemy's construction and cache-key work, most of a short statement's cost (issue 6)."""
-    stmt = _STATEMENTS.get(key)
-    if stmt is None:
-        stmt = _STATEMENTS[key] = build()
-    return stmt
 
 
 @dataclass(frozen=True)
@@ -116,11 +105,11 @@ async def read_row(session: AsyncSession, spec: ResourceSpec, record_id: int) ->
     if not 1 <= record_id <= MAX_ID:
         raise NotFound(f"{spec.singular} {record_id} does not exist")
     table = spec.table
-    stmt = _statement(
+    stmt = statement(
         ("row", spec.name),
         lambda: select(table).where(table.c.id == bindparam("id"), table.c.deleted_at.is_(None)),
     )
-    row = (await _core(session, stmt, {"id": record_id})).one_or_none()
+    row = (await execute_core(session, stmt, {"id": record_id})).one_or_none()
     if row is None:
         raise NotFound(f"{spec.singular} {record_id} does not exist")
     return row
@@ -140,7 +129,7 @@ async def get_live(
         )
         return stmt.with_for_update() if lock else stmt
 
-    stmt = _statement(("live", spec.name, lock), build)
+    stmt = statement(("live", spec.name, lock), build)
     record = (await session.execute(stmt, {"id": record_id})).scalar_one_or_none()
     if record is None:
         raise NotFound(f"{spec.singular} {record_id} does not exist")
@@ -341,12 +330,6 @@ def etag(record: Any) -> str:
 PARKS_OF = "parks_of"  # session.info key: (table, id) → park_id of the parents just checked
 
 
-async def _core(session: AsyncSession, stmt: Any, params: dict[str, Any]) -> Any:
-    """A Core statement on the session's connection: the same transaction, without the ORM's
-    execution layer, which a statement that loads no ORM object does not need."""
-    return await (await session.connection()).execute(stmt, params)
-
-
 def _parents_statement(spec: ResourceSpec, fks: tuple[str, ...]) -> Any:
     """The parent check's query for the parents named (`:fk` parameters)."""
     columns = []
@@ -370,8 +353,10 @@ async def _check_parents(session: AsyncSession, spec: ResourceSpec, data: dict[s
     if not given:
         return
     fks = tuple(fk for fk, _, _ in given)
-    stmt = _statement(("parents", spec.name, fks), lambda: _parents_statement(spec, fks))
-    found = (await _core(session, stmt, {fk: value for fk, _, value in given})).one()._mapping
+    stmt = statement(("parents", spec.name, fks), lambda: _parents_statement(spec, fks))
+    found = (
+        (await execute_core(session, stmt, {fk: value for fk, _, value in given})).one()._mapping
+    )
     errors = []
     for fk, parent, parent_id in given:
         name = parent.__tablename__
@@ -461,8 +446,8 @@ async def insert(
     await _check_unique(session, spec, data, None)
     # `INSERT … RETURNING` every column; the columns written are the parameters given.
     table = spec.table
-    stmt = _statement(("insert", spec.name), lambda: sa_insert(table).returning(*table.c))
-    record = (await _core(session, stmt, new_row(spec, data, utcnow()))).one()
+    stmt = statement(("insert", spec.name), lambda: sa_insert(table).returning(*table.c))
+    record = (await execute_core(session, stmt, new_row(spec, data, utcnow()))).one()
     if spec.after_write:
         await spec.after_write(session, record, None)
     await log_change(session, spec, record, op)
@@ -505,10 +490,10 @@ async def _write(
     values = {**values, "updated_at": values.get("updated_at") or utcnow()}
     table = spec.table
     # Without `.values()`, the columns set are the parameters given; `_id` binds the WHERE.
-    stmt = _statement(
+    stmt = statement(
         ("update", spec.name), lambda: sa_update(table).where(table.c.id == bindparam("_id"))
     )
-    await _core(session, stmt, {**values, "_id": record.id})
+    await execute_core(session, stmt, {**values, "_id": record.id})
     for key, value in values.items():
         set_committed_value(record, key, value)
 
@@ -558,13 +543,13 @@ async def _fail_fast_if_stale(
     (The check is repeated under the lock, which is what makes it correct.)"""
     if if_match is None or "*" in if_match:
         return
-    stmt = _statement(
+    stmt = statement(
         ("version", spec.name),
         lambda: select(spec.column("version")).where(
             spec.column("id") == bindparam("id"), spec.column("deleted_at").is_(None)
         ),
     )
-    version = (await _core(session, stmt, {"id": record_id})).scalar()
+    version = (await execute_core(session, stmt, {"id": record_id})).scalar()
     if version is not None and f'"{version}"' not in if_match:
         raise PreconditionFailed(
             f"version {version} is current; the request was made against {', '.join(if_match)}",
