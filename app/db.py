@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import IntegrityError, MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -36,10 +37,120 @@ def statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
     return stmt
 
 
+# `session.info` key: the asyncpg connection under a session whose transaction the caller runs
+# on that connection itself (see `Database.driven_write`).
+DRIVER = "driver"
+
+
 async def execute_core(session: AsyncSession, stmt: Any, params: dict[str, Any]) -> Any:
     """A Core statement on the session's connection: the same transaction, without the ORM's
-    execution layer, which a statement that loads no ORM object does not need."""
+    execution layer, which a statement that loads no ORM object does not need. Under
+    `Database.driven_write`, a statement built once (`statement`) runs on the driver itself."""
+    driver = session.info.get(DRIVER)
+    if driver is not None:
+        compiled = _driver_form(stmt, params, session.get_bind().dialect)
+        if compiled is not None:
+            return await compiled.run(driver, params)
     return await (await session.connection()).execute(stmt, params)
+
+
+class _Row(dict[str, Any]):
+    """A result row by column name, as an item (`row["id"]`, `row._mapping`) or an attribute."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def _mapping(self) -> "_Row":
+        return self
+
+
+class _Rows:
+    """The part of SQLAlchemy's `Result` that the callers of `execute_core` use."""
+
+    def __init__(self, rows: list[_Row]) -> None:
+        self.rows = rows
+
+    def one(self) -> _Row:
+        if len(self.rows) != 1:
+            raise (NoResultFound if not self.rows else MultipleResultsFound)()
+        return self.rows[0]
+
+    def one_or_none(self) -> _Row | None:
+        return None if not self.rows else self.one()
+
+    def scalar(self) -> Any:
+        return next(iter(self.rows[0].values())) if self.rows else None
+
+    def all(self) -> list[_Row]:
+        return self.rows
+
+
+class _DriverForm:
+    """A statement compiled once for asyncpg, with its parameters' bind processors and its
+    columns' result processors: what SQLAlchemy's execution does per statement, done once."""
+
+    def __init__(self, stmt: Any, compiled: Any, dialect: Any) -> None:
+        self.compiled = compiled
+        self.sql: str = compiled.string
+        self.names: list[str] = list(compiled.positiontup or ())
+        self.binds = [compiled.binds[n].type._cached_bind_processor(dialect) for n in self.names]
+        self.columns = list(getattr(stmt, "exported_columns", ()))
+        self.keys = [c.key for c in self.columns]
+        self.dialect = dialect
+        self.results: list[Any] | None = None  # known once the server has described the result
+
+    async def run(self, driver: Any, params: dict[str, Any]) -> _Rows:
+        values = self.compiled.construct_params(params)
+        args = [
+            value if proc is None or value is None else proc(value)
+            for proc, value in zip(self.binds, (values[n] for n in self.names), strict=True)
+        ]
+        if self.results is None and self.keys:
+            described = (await driver.prepare(self.sql)).get_attributes()
+            self.results = [
+                c.type._cached_result_processor(self.dialect, a.type.oid)
+                for c, a in zip(self.columns, described, strict=True)
+            ]
+        try:
+            found = await driver.fetch(self.sql, *args)
+        except asyncpg.exceptions.IntegrityConstraintViolationError as exc:
+            # As SQLAlchemy would raise it, so callers handle both paths alike.
+            raise IntegrityError(self.sql, args, exc) from exc
+        procs = self.results or []
+        return _Rows(
+            [
+                _Row(
+                    (key, value if proc is None or value is None else proc(value))
+                    for key, proc, value in zip(self.keys, procs, row, strict=True)
+                )
+                for row in found
+            ]
+        )
+
+
+_DRIVER_FORMS: dict[tuple[Any, frozenset[str]], _DriverForm | None] = {}
+
+
+def _driver_form(stmt: Any, params: dict[str, Any], dialect: Any) -> _DriverForm | None:
+    """The driver form of a statement built by `statement` for these parameter names, or None
+    where SQLAlchemy must run it: a statement built elsewhere, or one whose columns take
+    Python-side defaults that SQLAlchemy computes at execution."""
+    key = (stmt, frozenset(params))
+    if key in _DRIVER_FORMS:
+        return _DRIVER_FORMS[key]
+    if not any(s is stmt for s in _STATEMENTS.values()):
+        return None  # not kept for the process's life: not worth compiling, nor keeping alive
+    compiled = stmt.compile(dialect=dialect, column_keys=list(params))
+    prefetch = any(
+        getattr(compiled, name, None)
+        for name in ("insert_prefetch", "update_prefetch", "postfetch")
+    )
+    form = _DRIVER_FORMS[key] = None if prefetch else _DriverForm(stmt, compiled, dialect)
+    return form
 
 
 ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
@@ -111,8 +222,10 @@ class Database:
         self.engine = engine
         # Reads run in autocommit: no BEGIN/ROLLBACK round trips around a single SELECT
         # (the bench measured 10-20% of a GET's CPU there).
+        # SQLAlchemy neither begins nor commits on these connections.
+        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.reader = async_sessionmaker(
-            engine.execution_options(isolation_level="AUTOCOMMIT"),
+            self.autocommit,
             expire_on_commit=False,
             autoflush=False,
         )
@@ -156,6 +269,50 @@ class Database:
             raise
         finally:
             await greenlet_spawn(fairy.close)
+
+    @asynccontextmanager
+    async def driven_session(self) -> AsyncIterator[AsyncSession]:
+        """A session (PostgreSQL) whose transaction is run on its asyncpg connection, held for
+        the session's life and in `session.info[DRIVER]`: `driven_transaction` sends BEGIN and
+        COMMIT, `execute_core` sends the statements built once straight to the driver, and
+        everything else goes through SQLAlchemy on the same connection, in autocommit mode so
+        that SQLAlchemy neither begins nor commits (the session's own `commit()` is then a
+        no-op). Per write this saves SQLAlchemy's execution of BEGIN, COMMIT and every hot
+        statement: most of a create's CPU after FastAPI's (issue 6)."""
+        async with self.autocommit.connect() as conn:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            failure: BaseException | None = None
+            try:
+                async with AsyncSession(
+                    bind=conn, expire_on_commit=False, autoflush=False, info={DRIVER: driver}
+                ) as session:
+                    yield session
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                if (
+                    driver.is_closed()
+                    or driver.is_in_transaction()
+                    or isinstance(failure, BROKEN)
+                    or (failure is not None and not isinstance(failure, Exception))
+                ):
+                    await conn.invalidate()
+
+    @staticmethod
+    @asynccontextmanager
+    async def driven_transaction(session: AsyncSession) -> AsyncIterator[None]:
+        """BEGIN … COMMIT on a `driven_session`'s connection; ROLLBACK if the block raises. A
+        connection left in doubt (cancelled, broken, or failing to roll back) is discarded by
+        `driven_session`, not handed to the next request mid-transaction."""
+        driver = session.info[DRIVER]
+        await driver.execute("BEGIN")
+        try:
+            yield
+        except Exception:
+            await driver.execute("ROLLBACK")
+            raise
+        await driver.execute("COMMIT")
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -19,6 +19,7 @@ from app.config import Settings, get_settings
 from app.dashboard.openapi_tags import OPENAPI_TAGS
 from app.db import Database, make_engine
 from app.fastpath import FastReads
+from app.fastwrite import FastWrites
 from app.idempotency import Idempotency
 from app.limits import BodyLimit
 from app.resources import ALL
@@ -123,7 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     # Innermost of ours: CORS, idempotency, the body limit and the request id apply to what
-    # the fast read path answers as to everything else.
+    # the fast read and write paths answer as to everything else.
+    app.add_middleware(FastWrites, prefix=API_PREFIX)
     app.add_middleware(FastReads, prefix=API_PREFIX)
     if settings.cors_origins:
         app.add_middleware(

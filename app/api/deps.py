@@ -39,7 +39,8 @@ ReadSession = Annotated[AsyncSession, Depends(_read_session, scope="function")]
 WriteSession = Annotated[AsyncSession, Depends(_write_session, scope="function")]
 
 
-def _etags(value: str | None) -> list[str] | None:
+def etags(value: str | None) -> list[str] | None:
+    """The entity tags of an `If-Match` / `If-None-Match` header, as sent."""
     if value is None:
         return None
     return [tag.strip() for tag in value.split(",") if tag.strip()]
@@ -53,12 +54,12 @@ async def _if_match(
         ),
     ] = None,
 ) -> list[str] | None:
-    return _etags(if_match)
+    return etags(if_match)
 
 
 def none_match_tags(value: str | None) -> list[str] | None:
     """The ETags of an `If-None-Match` header, compared weakly: W/"3" matches "3"."""
-    tags = _etags(value)
+    tags = etags(value)
     return None if tags is None else [t.removeprefix("W/") for t in tags]
 
 

@@ -405,15 +405,29 @@ async def log_change(session: AsyncSession, spec: ResourceSpec, record: Any, op:
     )
 
 
+async def _execute_write(
+    session: AsyncSession, spec: ResourceSpec, stmt: Any, params: dict[str, Any]
+) -> Any:
+    """An INSERT or UPDATE of the record's row. A concurrent writer can take a unique key
+    between the pre-check and this statement: PostgreSQL refuses the statement itself (and
+    aborts the transaction), which is the same conflict as one found at commit."""
+    try:
+        return await execute_core(session, stmt, params)
+    except IntegrityError as exc:
+        raise _conflict(spec) from exc
+
+
+def _conflict(spec: ResourceSpec) -> Conflict:
+    return Conflict(f"the {spec.singular} conflicts with a record written at the same time")
+
+
 async def _commit(session: AsyncSession, spec: ResourceSpec) -> None:
     try:
         await session.commit()
     except IntegrityError as exc:
         # Pre-checks catch what they can; a concurrent writer can still win the race.
         await session.rollback()
-        raise Conflict(
-            f"the {spec.singular} conflicts with a record written at the same time"
-        ) from exc
+        raise _conflict(spec) from exc
 
 
 @functools.cache
@@ -447,7 +461,7 @@ async def insert(
     # `INSERT … RETURNING` every column; the columns written are the parameters given.
     table = spec.table
     stmt = statement(("insert", spec.name), lambda: sa_insert(table).returning(*table.c))
-    record = (await execute_core(session, stmt, new_row(spec, data, utcnow()))).one()
+    record = (await _execute_write(session, spec, stmt, new_row(spec, data, utcnow()))).one()
     if spec.after_write:
         await spec.after_write(session, record, None)
     await log_change(session, spec, record, op)
@@ -493,7 +507,7 @@ async def _write(
     stmt = statement(
         ("update", spec.name), lambda: sa_update(table).where(table.c.id == bindparam("_id"))
     )
-    await execute_core(session, stmt, {**values, "_id": record.id})
+    await _execute_write(session, spec, stmt, {**values, "_id": record.id})
     for key, value in values.items():
         set_committed_value(record, key, value)
 
