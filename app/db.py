@@ -38,14 +38,14 @@ def statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
 
 
 # `session.info` key: the asyncpg connection under a session whose transaction the caller runs
-# on that connection itself (see `Database.driven_write`).
+# on that connection itself (see `Database.driven_session`).
 DRIVER = "driver"
 
 
 async def execute_core(session: AsyncSession, stmt: Any, params: dict[str, Any]) -> Any:
     """A Core statement on the session's connection: the same transaction, without the ORM's
     execution layer, which a statement that loads no ORM object does not need. Under
-    `Database.driven_write`, a statement built once (`statement`) runs on the driver itself."""
+    `Database.driven_session`, a statement built once (`statement`) runs on the driver itself."""
     driver = session.info.get(DRIVER)
     if driver is not None:
         compiled = _driver_form(stmt, params, session.get_bind().dialect)
@@ -220,9 +220,9 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        # Reads run in autocommit: no BEGIN/ROLLBACK round trips around a single SELECT
-        # (the bench measured 10-20% of a GET's CPU there).
-        # SQLAlchemy neither begins nor commits on these connections.
+        # SQLAlchemy neither begins nor commits on these connections. Reads run so: no
+        # BEGIN/ROLLBACK round trips around a single SELECT (the bench measured 10-20% of a
+        # GET's CPU there); so do `driven_session`s, whose transaction is run on the driver.
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.reader = async_sessionmaker(
             self.autocommit,

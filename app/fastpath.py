@@ -1,15 +1,16 @@
-"""The two hottest reads — one record by id, and a page of a list — answered on PostgreSQL below
-FastAPI, on the asyncpg connection underneath SQLAlchemy's pool.
+"""The hottest reads — one record by id, a page of a list, and a page of the change feed —
+answered on PostgreSQL below FastAPI, on the asyncpg connection underneath SQLAlchemy's pool.
 
 The bench (issue 6) measured what a GET costs in our stack against a raw ASGI + asyncpg reference:
 SQLAlchemy's async execution ~0.2-0.3 ms of CPU per statement (raw asyncpg: ~0.06), FastAPI's
-dependency solving ~0.2 ms, the pydantic validation of every listed row. For these two
-reads none of that buys anything, so this layer does the same work directly:
+dependency solving ~0.2 ms, the pydantic validation of every listed row. For these reads
+none of that buys anything, so this layer does the same work directly:
 
 - the same credentials (service token looked up per request, staff JWT, anonymous reads only
   where `PUBLIC_READ` allows them), the same ETag and `If-None-Match` → 304;
 - the same SQL as `records.read_row` / `records.list_page` (same filters, keyset formula with its
-  index bound, `NULLS` order, `limit + 1`), written as text once per shape of request;
+  index bound, `NULLS` order, `limit + 1`), written as text once per shape of request, and as
+  `changes.page_json` for the feed, whose page is written by the same `changes.page_bytes`;
 - the same values: each column goes through its SQLAlchemy type's own result processor (and each
   parameter through its bind processor), and rows are shaped by the same pydantic-core
   validator and serialiser as the full path, so the JSON is byte-for-byte the same.
@@ -30,13 +31,22 @@ from pydantic import BaseModel, PlainSerializer, ValidationError, WrapSerializer
 from pydantic_core import to_json
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.changes import MAX_FEED_PAGE, MAX_SEQ
 from app.api.deps import none_match_tags, principal_from
 from app.errors import AppError
+from app.models.change import Change
 from app.models.common import MAX_ID, DecimalString, ListParams
 from app.models.user import Role
 from app.resources import BY_NAME
-from app.services import records
+from app.services import changes, records
 from app.services.records import ResourceSpec
+
+# The change feed's page (`changes.page_json`): its columns, the data as the JSON text stored.
+_FEED_SQL = (
+    "SELECT seq, resource, record_id, external_id, op, version, changed_at, actor, request_id,"
+    " CAST(data AS TEXT) FROM change WHERE seq > $1"
+)
+_CHANGED_AT = Change.__table__.c.changed_at  # type: ignore[attr-defined]
 
 # The list parameters every resource shares, other than plain column filters.
 COMMON = set(ListParams.model_fields) - {"external_id"}
@@ -177,13 +187,15 @@ def _keyset(sql: _Sql, keys: list[tuple[str, bool]], values: list[Any]) -> str:
 
 
 class FastReads:
-    """ASGI middleware: answers GET /api/v1/{resource}/{id} and GET /api/v1/{resource} on
-    PostgreSQL when it can, and hands everything else to the application behind it."""
+    """ASGI middleware: answers GET /api/v1/{resource}/{id}, GET /api/v1/{resource} and
+    GET /api/v1/changes on PostgreSQL when it can, and hands everything else to the application
+    behind it."""
 
     def __init__(self, app: ASGIApp, prefix: str) -> None:
         self.app = app
         self.prefix = prefix.rstrip("/") + "/"
         self.shapes: dict[str, _Shape] | None = None
+        self.changed_at: Callable[[Any], Any] | None = None  # the feed time's result processor
         self.answered = 0  # requests answered here rather than by the application (tests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -213,6 +225,8 @@ class FastReads:
         if db is None or db.is_sqlite or not settings.fast_reads or scope.get("root_path"):
             raise Delegate
         rest = scope["path"][len(self.prefix) :].split("/")
+        if rest == ["changes"]:
+            return await self._feed(app, db, scope)
         spec = BY_NAME.get(rest[0])
         if spec is None or len(rest) > 2:
             raise Delegate
@@ -251,6 +265,48 @@ class FastReads:
             # No connection, or a statement failed: the full path meets the same condition
             # and answers it (a 503 while the database is away).
             raise Delegate from exc
+
+    async def _feed(
+        self, app: Any, db: Any, scope: Scope
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """`GET /changes` (`api.changes.list_changes`): the same query, columns and JSON
+        (`changes.page_bytes`)."""
+        raw: dict[str, str] = {}
+        for key, value in parse_qsl(
+            scope["query_string"].decode("latin-1"), keep_blank_values=True
+        ):
+            if key in raw or key not in ("after", "limit", "resource"):
+                raise Delegate
+            raw[key] = value
+        after, limit = raw.get("after", "0"), raw.get("limit", "100")
+        if not (after.isascii() and after.isdigit() and limit.isascii() and limit.isdigit()):
+            raise Delegate  # what else FastAPI would read as a number, it can read itself
+        seq, count = int(after), int(limit)
+        resource = raw.get("resource")
+        if seq > MAX_SEQ or not 1 <= count <= MAX_FEED_PAGE or resource not in (None, *BY_NAME):
+            raise Delegate
+        sql = (
+            _FEED_SQL + (" AND resource = $2" if resource else "") + f" ORDER BY seq LIMIT {count}"
+        )
+        headers = dict(scope["headers"])
+        if len(headers) != len(scope["headers"]):
+            raise Delegate
+        try:
+            async with db.driver_connection() as conn:
+                await self._authorise(app, conn, headers.get(b"authorization"))
+                if self.changed_at is None:
+                    described = (await conn.prepare(sql)).get_attributes()
+                    self.changed_at = _CHANGED_AT.type._cached_result_processor(
+                        db.engine.dialect, described[6].type.oid
+                    )
+                found = await conn.fetch(sql, seq, *([resource] if resource else []))
+        except Delegate:
+            raise
+        except Exception as exc:
+            raise Delegate from exc
+        at = self.changed_at
+        rows = [(*r[:6], r[6] if at is None or r[6] is None else at(r[6]), *r[7:]) for r in found]
+        return 200, [], changes.page_bytes(rows, seq)
 
     @staticmethod
     async def _authorise(app: Any, conn: Any, authorization: bytes | None) -> None:

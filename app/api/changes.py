@@ -14,6 +14,7 @@ from app.services import changes
 router = APIRouter()
 # `seq` is a BIGINT: a larger `after` could never match, and the driver refuses to bind it.
 MAX_SEQ = 2**63 - 1
+MAX_FEED_PAGE = 1000
 
 ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  # type: ignore[misc]
 
@@ -34,7 +35,9 @@ ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  
 async def list_changes(
     session: ReadSession,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="从此 seq 之后开始")] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000, description="最多条数 (≤ 1000)")] = 100,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_FEED_PAGE, description=f"最多条数 (≤ {MAX_FEED_PAGE})")
+    ] = 100,
     resource: Annotated[ResourceName | None, Query(description="只看某类资源")] = None,
 ) -> Response:
     page = await changes.page_json(session, after, limit, resource.value if resource else None)

@@ -1,5 +1,6 @@
 """The change log: one row per write, in the write's own transaction, in commit order."""
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -80,7 +81,12 @@ async def page_json(session: AsyncSession, seq: int, limit: int, resource: str |
     if resource is not None:
         stmt = stmt.where(Change.resource == resource)
     stmt = stmt.order_by(Change.seq).limit(limit)  # type: ignore[arg-type]
-    rows = (await session.execute(stmt)).all()
+    return page_bytes((await session.execute(stmt)).all(), seq)
+
+
+def page_bytes(rows: Sequence[Sequence[Any]], seq: int) -> bytes:
+    """The `ChangePage` JSON of feed rows (`_FEED_COLUMNS` and the data as text) after `seq`;
+    shared with the fast read path, which reads the same columns on the driver."""
     items = []
     for row in rows:
         head = pydantic_core.to_json(
