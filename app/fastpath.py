@@ -56,6 +56,13 @@ class Delegate(Exception):
     """This request is not one the fast path answers: the full application does."""
 
 
+def single_headers(scope: Scope) -> dict[bytes, bytes] | None:
+    """The request's headers by name, or None if one is repeated: what a repeated header means
+    is the full application's to decide."""
+    headers = dict(scope["headers"])
+    return headers if len(headers) == len(scope["headers"]) else None
+
+
 class _Shape:
     """What the fast path needs of one resource's table, worked out once per dialect."""
 
@@ -238,11 +245,9 @@ class FastReads:
             record_id = int(raw_id)
             if not 1 <= record_id <= MAX_ID:
                 raise Delegate
-        headers: dict[bytes, bytes] = {}
-        for key, value in scope["headers"]:
-            if key in headers:  # a repeated header: let the full path decide what it means
-                raise Delegate
-            headers[key] = value
+        headers = single_headers(scope)
+        if headers is None:
+            raise Delegate
         shapes = self.shapes
         if shapes is None:
             dialect = db.engine.dialect
@@ -288,8 +293,8 @@ class FastReads:
         sql = (
             _FEED_SQL + (" AND resource = $2" if resource else "") + f" ORDER BY seq LIMIT {count}"
         )
-        headers = dict(scope["headers"])
-        if len(headers) != len(scope["headers"]):
+        headers = single_headers(scope)
+        if headers is None:
             raise Delegate
         try:
             async with db.driver_connection() as conn:

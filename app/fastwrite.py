@@ -36,6 +36,7 @@ from app.api.crud import json_response
 from app.api.deps import etags, principal_from
 from app.db import DRIVER
 from app.errors import AppError
+from app.fastpath import single_headers
 from app.models.common import MAX_ID
 from app.models.user import Role
 from app.resources import BY_NAME
@@ -158,11 +159,9 @@ def _target(scope: Scope, prefix: str, method: str) -> tuple[Any, int | None] | 
 
 def _headers(scope: Scope) -> dict[bytes, bytes] | None:
     """The headers, if none is repeated and the body is declared JSON of a known length."""
-    headers: dict[bytes, bytes] = {}
-    for key, value in scope["headers"]:
-        if key in headers:  # a repeated header: let the full path decide what it means
-            return None
-        headers[key] = value
+    headers = single_headers(scope)
+    if headers is None:
+        return None
     kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     if kind != b"application/json" or not headers.get(b"content-length", b"").isdigit():
         return None
