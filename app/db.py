@@ -1,5 +1,7 @@
 """Engine and sessions: one async path for both engines (asyncpg, aiosqlite)."""
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +17,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.util import await_, greenlet_spawn
+from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty, Full
 
 # Errors after which a driver connection is not reused.
 BROKEN = (
@@ -190,6 +194,69 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
 
 
+class FairQueue(AsyncAdaptedQueue):  # type: ignore[type-arg]
+    """The pool's queue of idle connections, first come first served. SQLAlchemy's asyncio
+    queue lets a newcomer take a connection that was just returned while older requests wait,
+    and a waiter that loses that race queues again at the back, so under load a few requests
+    wait many turns: the long tail of the bench's p99 (issue 6). Here a returned connection
+    goes straight to the oldest waiter, and a newcomer waits behind those already waiting."""
+
+    def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
+        super().__init__(maxsize, use_lifo)
+        self._idle: deque[Any] = deque()
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+
+    def empty(self) -> bool:
+        return not self._idle
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= len(self._idle)
+
+    def qsize(self) -> int:
+        return len(self._idle)
+
+    def put_nowait(self, item: Any) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
+        if self.full():
+            raise Full()
+        self._idle.append(item)
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self.put_nowait(item)  # the pool never holds more than it made: a put never waits
+
+    def get_nowait(self) -> Any:
+        if not self._idle:
+            raise Empty()
+        return self._idle.pop() if self.use_lifo else self._idle.popleft()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if self._idle or not block:
+            return self.get_nowait()  # with connections idle, nobody is waiting
+        return await_(self._wait(seconds=timeout))
+
+    async def _wait(self, seconds: float | None) -> Any:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(seconds):
+                return await waiter
+        except TimeoutError as exc:
+            raise Empty() from exc
+        except BaseException:
+            # Cancelled after a connection was handed over: pass it on, not lose it.
+            if waiter.done() and not waiter.cancelled():
+                self.put_nowait(waiter.result())
+            raise
+
+
+class FairPool(AsyncAdaptedQueuePool):
+    _queue_class = FairQueue
+
+
 def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 0) -> AsyncEngine:
     target = async_url(url)
     if target.get_backend_name() == "sqlite":
@@ -202,6 +269,7 @@ def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 0) -
             connect_args={"timeout": 30},
             pool_size=pool_size,
             max_overflow=max_overflow,
+            poolclass=FairPool,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
@@ -210,6 +278,7 @@ def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 0) -
         target,
         pool_size=pool_size,
         max_overflow=max_overflow,
+        poolclass=FairPool,
         pool_pre_ping=False,
         connect_args={"server_settings": {"application_name": "park-registry", "timezone": "UTC"}},
     )

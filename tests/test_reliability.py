@@ -29,8 +29,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import shutdown
+from app.db import FairPool, async_url, make_engine
 from tests.conftest import DatabaseFactory
 from tests.helpers import API, problem
 from tests.servers import server
@@ -158,6 +161,71 @@ def test_16_concurrent_writers_on_sqlite_never_see_database_is_locked(
     print(f"\nsqlite writers: {statuses}")
     assert bodies == [] and set(statuses) == {200, 201}, f"{statuses} {bodies[:3]}\n{server_log()}"
     assert count == 16 * 40
+    db_factory.drop(url)
+
+
+def test_the_pool_hands_connections_out_in_the_order_they_were_asked_for(
+    db_factory: DatabaseFactory,
+) -> None:
+    """A request that waits for a pooled connection gets the next one returned: a newcomer
+    does not take it first (SQLAlchemy's asyncio queue let it), and a waiter cancelled just
+    as it was handed one passes it on rather than losing it; a wait that times out leaves the
+    pool whole."""
+    url = db_factory.fresh()
+
+    async def go() -> tuple[list[str], list[str]]:
+        engine = make_engine(url, pool_size=1, max_overflow=0)
+        order: list[str] = []
+
+        async def use(name: str) -> None:
+            async with engine.connect() as conn:
+                order.append(name)
+                await conn.exec_driver_sql("SELECT 1")
+
+        try:
+            held = await engine.connect()
+            first = asyncio.create_task(use("waiting"))
+            await asyncio.sleep(0.1)  # it is waiting for the one connection
+            await held.close()  # returned: its turn
+            await use("newcomer")  # asks before the waiting task has run
+            await first
+            served = list(order)
+
+            order.clear()
+            held = await engine.connect()
+            doomed = asyncio.create_task(use("cancelled"))
+            second = asyncio.create_task(use("second"))
+            await asyncio.sleep(0.1)
+            await held.close()  # handed to `doomed` ...
+            doomed.cancel()  # ... which is cancelled before it runs
+            await asyncio.wait_for(second, 10)
+            with contextlib.suppress(asyncio.CancelledError):
+                await doomed
+            await asyncio.wait_for(use("after"), 10)  # the pool still has its connection
+            rescued = list(order)
+        finally:
+            await engine.dispose()
+        return served, rescued
+
+    served, rescued = asyncio.run(go())
+    assert served == ["waiting", "newcomer"]
+    assert rescued == ["second", "after"]
+
+    async def timeout() -> int:
+        engine = create_async_engine(
+            async_url(url), poolclass=FairPool, pool_size=1, max_overflow=0, pool_timeout=0.2
+        )
+        try:
+            held = await engine.connect()
+            with pytest.raises(SQLAlchemyTimeoutError):
+                await engine.connect()
+            await held.close()  # goes back to the pool, not to the waiter that gave up
+            async with engine.connect() as conn:
+                return int((await conn.exec_driver_sql("SELECT 1")).scalar_one())
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(timeout()) == 1
     db_factory.drop(url)
 
 
