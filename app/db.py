@@ -244,11 +244,13 @@ class FairQueue(AsyncAdaptedQueue):  # type: ignore[type-arg]
         try:
             async with asyncio.timeout(seconds):
                 return await waiter
-        except TimeoutError as exc:
-            raise Empty() from exc
-        except BaseException:
-            # Cancelled after a connection was handed over: pass it on, not lose it.
-            if waiter.done() and not waiter.cancelled():
+        except BaseException as exc:
+            handed = waiter.done() and not waiter.cancelled()
+            if isinstance(exc, TimeoutError):
+                if handed:  # handed over just as the time ran out: it is ours
+                    return waiter.result()
+                raise Empty() from exc
+            if handed:  # cancelled after a connection was handed over: pass it on
                 self.put_nowait(waiter.result())
             raise
 

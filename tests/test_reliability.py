@@ -33,7 +33,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import shutdown
-from app.db import FairPool, async_url, make_engine
+from app.db import FairPool, FairQueue, async_url, make_engine
 from tests.conftest import DatabaseFactory
 from tests.helpers import API, problem
 from tests.servers import server
@@ -227,6 +227,25 @@ def test_the_pool_hands_connections_out_in_the_order_they_were_asked_for(
 
     assert asyncio.run(timeout()) == 1
     db_factory.drop(url)
+
+
+def test_a_connection_handed_over_as_the_wait_times_out_is_not_lost() -> None:
+    """The pool's queue on its own: a connection handed to a waiter in the same turn of the
+    event loop as its timeout fires goes to that waiter, rather than vanishing with the
+    timeout (the pool would be one connection short for good)."""
+
+    async def go() -> tuple[object, int]:
+        loop = asyncio.get_running_loop()
+        queue = FairQueue(maxsize=1)
+        waiting = asyncio.create_task(queue._wait(seconds=0.05))
+        await asyncio.sleep(0)  # it waits, and its deadline is set
+        connection = object()
+        loop.call_at(loop.time() + 0.01, queue.put_nowait, connection)  # due before the deadline
+        time.sleep(0.1)  # noqa: ASYNC251 (blocks the loop on purpose: both fall due together)
+        return await waiting, queue.qsize()
+
+    connection, idle = asyncio.run(go())
+    assert connection is not None and idle == 0
 
 
 def _names(database_url: str, table: str) -> list[str]:
