@@ -1,6 +1,8 @@
 """Engine and sessions: one async path for both engines (asyncpg, aiosqlite)."""
 
 import asyncio
+import functools
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -194,6 +196,52 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
 
 
+def _sqlite_on_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
+    """The pool's rollback of a connection handed back (`reset_on_return` is off for SQLite),
+    only when a transaction is open: each rollback is a hand-off to the connection's thread,
+    and most connections come back with none (reads run in autocommit, writes have committed)."""
+    if not state.asyncio_safe:
+        return  # as SQLAlchemy's own reset: not outside the event loop
+    try:
+        open_transaction = dbapi_connection.driver_connection.in_transaction
+    except ValueError:  # aiosqlite: the connection is closed
+        return
+    if open_transaction:
+        dbapi_connection.rollback()
+
+
+class SqliteDriver:
+    """asyncpg's `fetch` and `fetchrow`, and `is_closed`, on an aiosqlite connection, for the
+    statements the fast paths send to the driver (written for asyncpg, `$1` placeholders).
+    Rows are tuples in the statement's column order. Each statement, rows and all, is one
+    hand-off to the connection's thread: through SQLAlchemy a read took some 18 (a cursor, the
+    statement, the rows, closing the cursor, two rollbacks, for the token and the record)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return list(await self.conn.execute_fetchall(_qmark(sql), args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    def is_closed(self) -> bool:
+        try:
+            self.conn.in_transaction  # noqa: B018 (raises once the connection is closed)
+        except ValueError:
+            return True
+        return False
+
+
+@functools.cache
+def _qmark(sql: str) -> str:
+    """asyncpg's `$1` placeholders as SQLite's numbered `?1`: the same statement text serves
+    both (the fast paths' SQL uses no `$` otherwise)."""
+    return re.sub(r"\$(\d+)", r"?\1", sql)
+
+
 class FairQueue(AsyncAdaptedQueue):  # type: ignore[type-arg]
     """The pool's queue of idle connections, first come first served. SQLAlchemy's asyncio
     queue lets a newcomer take a connection that was just returned while older requests wait,
@@ -272,9 +320,11 @@ def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 0) -
             pool_size=pool_size,
             max_overflow=max_overflow,
             poolclass=FairPool,
+            pool_reset_on_return=None,  # `_sqlite_on_reset` rolls back what is open
         )
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+        event.listen(engine.sync_engine, "reset", _sqlite_on_reset)
         return engine
     return create_async_engine(
         target,
@@ -320,16 +370,18 @@ class Database:
 
     @asynccontextmanager
     async def driver_connection(self) -> AsyncIterator[Any]:
-        """The driver's own connection (asyncpg's) under one of the pool's connections, for
-        the few hot statements where SQLAlchemy's execution machinery costs more than the
-        query: the fast reads and the service-token check. Autocommit, as the driver is
-        outside a transaction. A connection that failed or was abandoned mid-statement is
-        discarded rather than handed to the next request."""
+        """The driver's own connection under one of the pool's connections, for the few hot
+        statements where SQLAlchemy's execution machinery costs more than the query: the fast
+        reads and the service-token check. asyncpg's connection, or on SQLite a `SqliteDriver`
+        with the same `fetch` / `fetchrow`. Autocommit, as the driver is outside a
+        transaction. A connection that failed or was abandoned mid-statement is discarded
+        rather than handed to the next request."""
         fairy = await greenlet_spawn(self.engine.sync_engine.pool.connect)
+        driver = fairy.driver_connection
         try:
-            yield fairy.driver_connection
+            yield SqliteDriver(driver) if self.is_sqlite else driver
         except BaseException as exc:
-            conn = fairy.driver_connection
+            conn = SqliteDriver(driver) if self.is_sqlite else driver
             if (
                 not isinstance(exc, Exception)  # cancelled mid-statement
                 or isinstance(exc, BROKEN)

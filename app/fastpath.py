@@ -1,5 +1,6 @@
 """The hottest reads — one record by id, a page of a list, and a page of the change feed —
-answered on PostgreSQL below FastAPI, on the asyncpg connection underneath SQLAlchemy's pool.
+answered below FastAPI, on the driver's connection underneath SQLAlchemy's pool (asyncpg's, or
+aiosqlite's through `db.SqliteDriver`: each statement one hand-off to its thread).
 
 The bench (issue 6) measured what a GET costs in our stack against a raw ASGI + asyncpg reference:
 SQLAlchemy's async execution ~0.2-0.3 ms of CPU per statement (raw asyncpg: ~0.06), FastAPI's
@@ -18,7 +19,7 @@ none of that buys anything, so this layer does the same work directly:
 It answers only what it can prove is a success (200 or 304). Anything else — a missing record,
 bad input, a rejected credential, a filter it does not know, a database error — goes to the
 full application unchanged, which answers it (problem+json and all) exactly as before; so does
-every request on SQLite or with `FAST_READS=0`. CORS, the request id and the other
+every request with `FAST_READS=0`. CORS, the request id and the other
 middleware wrap this layer as they wrap the application. `tests/test_fastpath.py` checks
 that both paths answer the same bytes.
 """
@@ -33,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.changes import MAX_FEED_PAGE, MAX_SEQ
 from app.api.deps import none_match_tags, principal_from
+from app.db import SqliteDriver
 from app.errors import AppError
 from app.models.change import Change
 from app.models.common import MAX_ID, DecimalString, ListParams
@@ -81,16 +83,15 @@ class _Shape:
             c.key: c.type._cached_bind_processor(dialect) for c in table.columns
         }
         self.by_id = f"{self.select} WHERE id = $1 AND deleted_at IS NULL"
+        self.version_at = self.names.index("version")
         self.fields = set(spec.filters.model_fields)
         self.plain = _plain_fields(spec.public, set(self.names))
 
     async def ready(self, conn: Any) -> None:
         if self.results is None:
-            attributes = (await conn.prepare(self.by_id)).get_attributes()
-            self.results = [
-                c.type._cached_result_processor(self.dialect, a.type.oid)
-                for c, a in zip(self.spec.table.columns, attributes, strict=True)
-            ]
+            self.results = await _result_processors(
+                conn, self.by_id, list(self.spec.table.columns), self.dialect
+            )
 
     def row(self, record: Any) -> dict[str, Any]:
         """A record as its columns' Python values, as SQLAlchemy would hand them over."""
@@ -114,6 +115,20 @@ class _Shape:
             for name, compute in computed:
                 out[name] = compute(view)
         return out
+
+
+async def _result_processors(conn: Any, sql: str, columns: list[Any], dialect: Any) -> list[Any]:
+    """Each column's SQLAlchemy result processor for this statement's rows (None for a column
+    passed through): on asyncpg they depend on the type the server reports (the OID), known
+    once the statement is prepared; SQLite reports none."""
+    if isinstance(conn, SqliteDriver):
+        types = [None] * len(columns)
+    else:
+        types = [a.type.oid for a in (await conn.prepare(sql)).get_attributes()]
+    return [
+        None if c is None else c.type._cached_result_processor(dialect, t)
+        for c, t in zip(columns, types, strict=True)
+    ]
 
 
 class _View:
@@ -195,7 +210,7 @@ def _keyset(sql: _Sql, keys: list[tuple[str, bool]], values: list[Any]) -> str:
 
 class FastReads:
     """ASGI middleware: answers GET /api/v1/{resource}/{id}, GET /api/v1/{resource} and
-    GET /api/v1/changes on PostgreSQL when it can, and hands everything else to the application
+    GET /api/v1/changes when it can, and hands everything else to the application
     behind it."""
 
     def __init__(self, app: ASGIApp, prefix: str) -> None:
@@ -229,7 +244,7 @@ class FastReads:
         app = scope["app"]
         settings = app.state.settings
         db = getattr(app.state, "db", None)
-        if db is None or db.is_sqlite or not settings.fast_reads or scope.get("root_path"):
+        if db is None or not settings.fast_reads or scope.get("root_path"):
             raise Delegate
         rest = scope["path"][len(self.prefix) :].split("/")
         if rest == ["changes"]:
@@ -300,10 +315,10 @@ class FastReads:
             async with db.driver_connection() as conn:
                 await self._authorise(app, conn, headers.get(b"authorization"))
                 if self.changed_at is None:
-                    described = (await conn.prepare(sql)).get_attributes()
-                    self.changed_at = _CHANGED_AT.type._cached_result_processor(
-                        db.engine.dialect, described[6].type.oid
-                    )
+                    columns = [None] * 6 + [_CHANGED_AT] + [None] * 3
+                    self.changed_at = (
+                        await _result_processors(conn, sql, columns, db.engine.dialect)
+                    )[6]
                 found = await conn.fetch(sql, seq, *([resource] if resource else []))
         except Delegate:
             raise
@@ -337,7 +352,7 @@ class FastReads:
         record = await conn.fetchrow(shape.by_id, record_id)
         if record is None:
             raise Delegate  # the full path answers the 404
-        tag = f'"{record["version"]}"'
+        tag = f'"{record[shape.version_at]}"'
         etag = (b"etag", tag.encode())
         tags = none_match_tags(None if if_none_match is None else if_none_match.decode("latin-1"))
         if tags is not None and ("*" in tags or tag in tags):

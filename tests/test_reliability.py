@@ -33,7 +33,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import shutdown
-from app.db import FairPool, FairQueue, async_url, make_engine
+from app.db import Database, FairPool, FairQueue, async_url, make_engine
 from tests.conftest import DatabaseFactory
 from tests.helpers import API, problem
 from tests.servers import server
@@ -246,6 +246,48 @@ def test_a_connection_handed_over_as_the_wait_times_out_is_not_lost() -> None:
 
     connection, idle = asyncio.run(go())
     assert connection is not None and idle == 0
+
+
+def test_a_sqlite_connection_handed_back_mid_transaction_is_rolled_back(
+    db_factory: DatabaseFactory,
+) -> None:
+    """SQLite's pool rolls back only what is open (each rollback is a hand-off to the
+    connection's thread): one handed back holding the write lock must still release it."""
+    if db_factory.engine != "sqlite":
+        pytest.skip("the SQLite pool's own reset")
+    url = db_factory.fresh()
+    path = make_url(url).database
+
+    def locked() -> bool:
+        outside = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            outside.execute("BEGIN IMMEDIATE")
+            outside.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:  # "database is locked"
+            return True
+        finally:
+            outside.close()
+
+    async def go() -> tuple[bool, bool, bool]:
+        db = Database(make_engine(url, pool_size=1, max_overflow=0))
+        try:
+            async with db.driver_connection() as conn:
+                await conn.fetch("BEGIN IMMEDIATE")
+                await conn.fetch(
+                    "INSERT INTO park (name, level, version, created_at, updated_at)"
+                    " VALUES ('半途', 'other', 1, '2026-01-01', '2026-01-01')"
+                )
+                during = locked()
+            after = locked()
+            async with db.driver_connection() as conn:  # the same connection, reset
+                left = await conn.fetch("SELECT count(*) FROM park WHERE name = '半途'")
+            return during, after, left[0][0] == 0
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(go()) == (True, False, True)
+    db_factory.drop(url)
 
 
 def _names(database_url: str, table: str) -> list[str]:

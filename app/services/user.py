@@ -161,40 +161,40 @@ async def list_tokens(session: AsyncSession) -> list[ApiToken]:
 _TOKEN_SQL = "SELECT token_hash, revoked_at, expires_at, name, scopes FROM api_token WHERE id = $1"
 
 
+def _expiry(db: Database) -> Any:
+    """The expiry as SQLAlchemy would read it: SQLite stores a datetime as text."""
+    process = ApiToken.__table__.c.expires_at.type._cached_result_processor(  # type: ignore[attr-defined]
+        db.engine.dialect, None
+    )
+    return process or (lambda value: value)
+
+
 async def principal_for_token(db: Database, token: str, conn: Any = None) -> Principal:
     """The caller a service token names. It runs on every request such a token makes, so
-    revoking one takes effect at once: on PostgreSQL it is one statement on the driver's own
-    connection (SQLAlchemy's execution costs several times the query; issue 6), elsewhere Core
-    columns on a session of its own. Either way the connection is returned before the route
+    revoking one takes effect at once: one statement on the driver's own connection
+    (SQLAlchemy's execution costs several times the query; issue 6), returned before the route
     takes one (a route holding two would deadlock a full pool; see `deps._principal`).
-    `conn`: a driver connection the caller already holds (the fast read path's)."""
+    `conn`: a driver connection the caller already holds (the fast paths')."""
     parsed = security.parse_api_token(token)
     if parsed is None or not 1 <= parsed[0] <= MAX_ID:
         raise Unauthorized("invalid token")
     token_id, secret = parsed
-    record: Any
-    if db.is_sqlite:
-        table = ApiToken.__table__  # type: ignore[attr-defined]
-        stmt = select(
-            table.c.token_hash, table.c.revoked_at, table.c.expires_at, table.c.name, table.c.scopes
-        ).where(table.c.id == token_id)
-        async with db.reader() as session:
-            row = (await session.execute(stmt)).one_or_none()
-        record = None if row is None else row._mapping
-    elif conn is not None:
+    if conn is not None:
         record = await conn.fetchrow(_TOKEN_SQL, token_id)
     else:
         async with db.driver_connection() as own:
             record = await own.fetchrow(_TOKEN_SQL, token_id)
-    if record is None or not security.digest_matches(secret, record["token_hash"]):
+    if record is None:
         raise Unauthorized("invalid token")
-    if record["revoked_at"] is not None:
+    token_hash, revoked_at, expires_at, name, scopes = record
+    if not security.digest_matches(secret, token_hash):
+        raise Unauthorized("invalid token")
+    if revoked_at is not None:
         raise Unauthorized("token revoked")
-    if record["expires_at"] is not None and record["expires_at"] <= utcnow():
+    if expires_at is not None and _expiry(db)(expires_at) <= utcnow():
         raise Unauthorized("token expired")
-    scopes = record["scopes"]
     return Principal(
-        name=f"token:{record['name']}",
+        name=f"token:{name}",
         role=security.role_of_scopes(json.loads(scopes) if isinstance(scopes, str) else scopes),
         kind="token",
     )
