@@ -28,6 +28,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -287,6 +288,54 @@ def test_a_sqlite_connection_handed_back_mid_transaction_is_rolled_back(
             await db.dispose()
 
     assert asyncio.run(go()) == (True, False, True)
+    db_factory.drop(url)
+
+
+def test_sqlite_writers_in_one_process_take_turns_in_the_order_they_asked(
+    db_factory: DatabaseFactory,
+) -> None:
+    """One writer session at a time, first come first served, rather than all but one asleep
+    in SQLite's busy handler; a task already writing may open another session."""
+    if db_factory.engine != "sqlite":
+        pytest.skip("SQLite's one writer")
+    url = db_factory.fresh()
+
+    async def go() -> tuple[list[str], int, int]:
+        db = Database(make_engine(url, pool_size=8, max_overflow=0))
+        order: list[str] = []
+        inside = peak = 0
+
+        async def write(name: str, after: float) -> None:
+            nonlocal inside, peak
+            await asyncio.sleep(after)
+            async with db.writer() as session:
+                inside += 1
+                peak = max(peak, inside)
+                order.append(name)
+                await session.execute(
+                    text(
+                        "INSERT INTO park (name, level, version, created_at, updated_at)"
+                        " VALUES (:name, 'other', 1, '2026-01-01', '2026-01-01')"
+                    ),
+                    {"name": name},
+                )
+                await asyncio.sleep(0.05)  # still writing when the others ask
+                await session.commit()
+                inside -= 1
+
+        try:
+            await asyncio.gather(*(write(f"轮{i}", i * 0.01) for i in range(6)))
+            async with db.writer(), asyncio.timeout(5), db.writer():
+                pass  # no waiting behind itself
+            async with db.reader() as session:
+                count = (
+                    await session.execute(text("SELECT count(*) FROM park WHERE name LIKE '轮%'"))
+                ).scalar_one()
+        finally:
+            await db.dispose()
+        return order, peak, count
+
+    assert asyncio.run(go()) == ([f"轮{i}" for i in range(6)], 1, 6)
     db_factory.drop(url)
 
 
