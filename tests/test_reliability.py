@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -257,20 +258,8 @@ def test_a_sqlite_connection_handed_back_mid_transaction_is_rolled_back(
     if db_factory.engine != "sqlite":
         pytest.skip("the SQLite pool's own reset")
     url = db_factory.fresh()
-    path = make_url(url).database
 
-    def locked() -> bool:
-        outside = sqlite3.connect(path, timeout=0, isolation_level=None)
-        try:
-            outside.execute("BEGIN IMMEDIATE")
-            outside.execute("ROLLBACK")
-            return False
-        except sqlite3.OperationalError:  # "database is locked"
-            return True
-        finally:
-            outside.close()
-
-    async def go() -> tuple[bool, bool, bool]:
+    async def go(locked: Callable[[], bool]) -> tuple[bool, bool, bool]:
         db = Database(make_engine(url, pool_size=1, max_overflow=0))
         try:
             async with db.driver_connection() as conn:
@@ -287,7 +276,8 @@ def test_a_sqlite_connection_handed_back_mid_transaction_is_rolled_back(
         finally:
             await db.dispose()
 
-    assert asyncio.run(go()) == (True, False, True)
+    with _WriteProbe(url) as probe:
+        assert asyncio.run(go(probe.writing)) == (True, False, True)
     db_factory.drop(url)
 
 
