@@ -418,11 +418,12 @@ class Database:
         transaction. A connection that failed or was abandoned mid-statement is discarded
         rather than handed to the next request."""
         fairy = await greenlet_spawn(self.engine.sync_engine.pool.connect)
-        driver = fairy.driver_connection
+        conn = fairy.driver_connection
+        if self.is_sqlite:
+            conn = SqliteDriver(conn)
         try:
-            yield SqliteDriver(driver) if self.is_sqlite else driver
+            yield conn
         except BaseException as exc:
-            conn = SqliteDriver(driver) if self.is_sqlite else driver
             if (
                 not isinstance(exc, Exception)  # cancelled mid-statement
                 or isinstance(exc, BROKEN)

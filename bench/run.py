@@ -797,13 +797,17 @@ def bench_engine(
                 before=lambda label: patch_file(engine, workdir / f"patch-{label}.txt"),
             ),
         ]
-        chosen = [ep for ep in endpoints if not args.endpoints or ep.key in args.endpoints]
         # The feed's two pages are compared with each other (end ≤ 1.2× start), so their
-        # rounds are taken in turn too, not minutes apart.
-        feed = [ep for ep in chosen if ep.key.startswith("feed_")]
-        groups = [[ep] for ep in chosen if ep not in feed]
-        groups.insert(next((i for i, ep in enumerate(chosen) if ep in feed), 0), feed)
-        for group in (g for g in groups if g):
+        # rounds are taken in turn too, not minutes apart: one group; every other endpoint alone.
+        groups: list[list[Endpoint]] = []
+        for ep in endpoints:
+            if args.endpoints and ep.key not in args.endpoints:
+                continue
+            if ep.key.startswith("feed_") and groups and groups[-1][0].key.startswith("feed_"):
+                groups[-1].append(ep)
+            else:
+                groups.append([ep])
+        for group in groups:
             measured = measure(engine, group, {"ours": ours, "ref": ref}, args)
             for ep in group:
                 pair = measured[ep.key]

@@ -236,18 +236,19 @@ def test_a_connection_handed_over_as_the_wait_times_out_is_not_lost() -> None:
     event loop as its timeout fires goes to that waiter, rather than vanishing with the
     timeout (the pool would be one connection short for good)."""
 
+    connection = object()
+
     async def go() -> tuple[object, int]:
         loop = asyncio.get_running_loop()
         queue = FairQueue(maxsize=1)
         waiting = asyncio.create_task(queue._wait(seconds=0.05))
         await asyncio.sleep(0)  # it waits, and its deadline is set
-        connection = object()
         loop.call_at(loop.time() + 0.01, queue.put_nowait, connection)  # due before the deadline
         time.sleep(0.1)  # noqa: ASYNC251 (blocks the loop on purpose: both fall due together)
         return await waiting, queue.qsize()
 
-    connection, idle = asyncio.run(go())
-    assert connection is not None and idle == 0
+    got, idle = asyncio.run(go())
+    assert got is connection and idle == 0
 
 
 def test_a_sqlite_connection_handed_back_mid_transaction_is_rolled_back(
