@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # The spreadsheet import's own cap (a CSV of 100,000 projects is about 26 MiB).
     import_max_body_bytes: int = 64 * 1024 * 1024
     login_failures_per_minute: int = 10
+    # On SIGTERM /readyz answers 503 this long while requests are still served, so that balancers
+    # (which probe every few seconds) stop sending before the server stops listening.
+    shutdown_drain_seconds: float = 5.0
 
     @model_validator(mode="after")
     def _safe_for_production(self) -> "Settings":
