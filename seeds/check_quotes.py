@@ -2,8 +2,8 @@
 """Check that every quote in a seed file occurs verbatim in its source article.
 
 Usage: python seeds/check_quotes.py [SEED_YAML] [ARTICLE_TXT]
-Defaults: seeds/zaozhuang.yaml beside this script, and
-../shared/source/000_4f659c39924bd0b0.txt beside the repository (override with env SEED_ARTICLE).
+Defaults: seeds/zaozhuang.yaml beside this script, and the article kept in the repository at
+seeds/source/000_4f659c39924bd0b0.txt (override with env SEED_ARTICLE).
 
 The article breaks lines mid-sentence, so ALL whitespace is removed from both the
 quote and the article before the substring test. Checked:
@@ -24,11 +24,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SEED = HERE / "zaozhuang.yaml"
-DEFAULT_ARTICLE = Path(
-    os.environ.get(
-        "SEED_ARTICLE", HERE.parent.parent / "shared" / "source" / "000_4f659c39924bd0b0.txt"
-    )
-)
+DEFAULT_ARTICLE = Path(os.environ.get("SEED_ARTICLE", HERE / "source" / "000_4f659c39924bd0b0.txt"))
 WS = re.compile(r"\s+")
 NOTE_EXCERPT = re.compile(r"「([^「」]+)」")
 REF_SECTIONS = {
@@ -107,6 +103,9 @@ def check(data, article: str) -> list[str]:
 def main(argv):
     seed = Path(argv[1]) if len(argv) > 1 else DEFAULT_SEED
     article_path = Path(argv[2]) if len(argv) > 2 else DEFAULT_ARTICLE
+    if not article_path.is_file():
+        print(f"FAIL the source article is missing: {article_path}")
+        return 1
     data = yaml.safe_load(seed.read_text(encoding="utf-8"))
     article = article_path.read_text(encoding="utf-8")
     failures = check(data, article)

@@ -17,13 +17,13 @@ from app.db import Database, make_engine
 from tests.helpers import API, post
 
 SEED_FILE = PROJECT_DIR / "seeds" / "zaozhuang.yaml"
-ARTICLE = PROJECT_DIR.parent / "shared" / "source" / "000_4f659c39924bd0b0.txt"
+ARTICLE = PROJECT_DIR / "seeds" / "source" / "000_4f659c39924bd0b0.txt"
 
 
 def article_text() -> str:
     if not ARTICLE.is_file():
         pytest.fail(
-            f"the seed article is missing: expected {ARTICLE} (the repository's sibling shared/ folder); "
+            f"the seed article is missing: expected {ARTICLE} (kept in the repository); "
             "the provenance of the seed data cannot be checked without it"
         )
     return re.sub(r"\s+", "", ARTICLE.read_text(encoding="utf-8"))
@@ -75,14 +75,16 @@ def test_every_quote_in_the_seed_file_is_in_the_article() -> None:
     assert missing == []
 
 
-def test_the_seed_checker_script_agrees() -> None:
+def test_the_seed_checker_script_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
     article_text()
+    monkeypatch.delenv("SEED_ARTICLE", raising=False)
     spec = importlib.util.spec_from_file_location(
         "check_quotes", PROJECT_DIR / "seeds" / "check_quotes.py"
     )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    assert module.DEFAULT_ARTICLE == ARTICLE  # the script reads the copy in the repository
     data = yaml.safe_load(SEED_FILE.read_text(encoding="utf-8"))
     assert module.check(data, ARTICLE.read_text(encoding="utf-8")) == []
     data["investments"][0]["quote"] = (
@@ -316,5 +318,6 @@ def test_the_loader_is_idempotent_and_check_reports_drift(
 
 
 def test_seed_files_name_no_machine_paths() -> None:
-    for path in (PROJECT_DIR / "seeds").iterdir():
-        assert "/work/" not in path.read_text(encoding="utf-8"), path
+    for path in sorted((PROJECT_DIR / "seeds").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            assert "/work/" not in path.read_text(encoding="utf-8"), path
