@@ -1,173 +1,234 @@
-"""Graceful shutdown of `python -m app serve`, against real server processes."""
+"""Graceful shutdown of `python -m app serve`, against real server processes, as a load balancer
+sees it: on SIGTERM `/readyz` turns 503 while requests are still served for the drain period;
+clients that stop sending when it does lose no request; then the server stops and exits 0."""
 
-import asyncio
 import itertools
-import re
 import signal
-import sqlite3
 import threading
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
+from fastapi.testclient import TestClient
 
 from app import shutdown
-from tests.conftest import DatabaseFactory
+from app.config import Settings
+from app.main import create_app
+from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
 from tests.helpers import API
 from tests.servers import server
 
 pytestmark = pytest.mark.slow
+
+DRAIN_SECONDS = 2.0
+PROBE_EVERY_SECONDS = 0.15  # a balancer's health check, only more often than a real one's
+PAGE = 200  # projects per list page
 
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _names(database_url: str, table: str) -> list[str]:
-    """Every name in a table, read from the database itself rather than through the app."""
-    query = f"SELECT name FROM {table}"
-    if database_url.startswith("sqlite"):
-        with sqlite3.connect(make_url(database_url).database) as conn:
-            return [row[0] for row in conn.execute(query)]
-
-    async def go() -> list[str]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return [row[0] for row in await conn.fetch(query)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+def poll(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 @dataclass
-class _Outcome:
+class Outcome:
     kind: str
     name: str
     started: float
     ended: float
-    result: str  # "completed", "refused" (no connection, nothing sent), or what went wrong
+    result: str  # "completed", or what went wrong
+    record_id: int | None = None
 
 
-def _shutdown_load(
-    base: str, token: str, kind: str, fresh: bool, stop: threading.Event
-) -> list[_Outcome]:
-    """One client, until `stop`: long list pages, batches of 200 parks, or single parks; on a new
-    connection per request (`fresh`) or on one kept alive."""
-    outcomes: list[_Outcome] = []
-    kept = httpx.Client(base_url=base, headers=auth(token), timeout=60)
-    for i in itertools.count():
-        if stop.is_set():
-            break
-        name = f"{kind}-{threading.get_ident()}-{i}."
-        http = httpx.Client(base_url=base, headers=auth(token), timeout=60) if fresh else kept
-        started = time.monotonic()
-        try:
-            if kind == "list":
-                r = http.get(f"{API}/projects", params={"limit": 500})
-                done = r.status_code == 200 and len(r.json()["items"]) == 500
-            elif kind == "batch":
-                items = [
-                    {"op": "create", "data": {"name": f"{name}{k}", "level": "other"}}
-                    for k in range(200)
-                ]
-                r = http.post(f"{API}/parks/batch", json={"items": items})
-                done = r.status_code == 200 and len(r.json()["items"]) == 200
+class Balancer(threading.Thread):
+    """Probes `/readyz` as a load balancer does; `out` is set at the first 503, when a balancer
+    stops sending the instance new requests."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.out = threading.Event()
+        self.done = threading.Event()
+        self.probes: list[tuple[float, int | str]] = []  # (sent at, status or transport error)
+        self.first_503: httpx.Response | None = None
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=5) as http:
+            while not self.done.is_set():
+                sent = time.monotonic()
+                try:
+                    answer = http.get("/readyz")
+                except httpx.TransportError as exc:  # after the drain: the server has gone
+                    self.probes.append((sent, repr(exc)))
+                    return
+                self.probes.append((sent, answer.status_code))
+                if answer.status_code == 503 and self.first_503 is None:
+                    self.first_503 = answer
+                    self.out.set()
+                self.done.wait(PROBE_EVERY_SECONDS)
+
+
+def send(http: httpx.Client, kind: str, name: str) -> Outcome:
+    """A list page or a single write; what came of it."""
+    started, record_id = time.monotonic(), None
+    try:
+        if kind == "list":
+            r = http.get(f"{API}/projects", params={"limit": PAGE})
+            done = r.status_code == 200 and len(r.json()["items"]) == PAGE
+        else:
+            r = http.post(f"{API}/parks", json={"name": name, "level": "other"})
+            done = r.status_code == 201 and r.json()["name"] == name
+            record_id = r.json()["id"] if done else None
+        result = "completed" if done else f"answered {r.status_code}: {r.text[:200]}"
+    except httpx.TransportError as exc:
+        result = repr(exc)
+    return Outcome(kind, name, started, time.monotonic(), result, record_id)
+
+
+class Client(threading.Thread):
+    """Sends list pages or single writes, on a new connection per request (`fresh`) or on one
+    kept alive, until the balancer takes the instance out."""
+
+    def __init__(self, base: str, token: str, kind: str, fresh: bool, out: threading.Event):
+        super().__init__(daemon=True)
+        self.base, self.token, self.kind, self.fresh, self.out = base, token, kind, fresh, out
+        self.outcomes: list[Outcome] = []
+
+    def connect(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, headers=auth(self.token), timeout=60)
+
+    def run(self) -> None:
+        kept = self.connect()
+        deadline = time.monotonic() + 120  # bounded even if no 503 is ever seen
+        for i in itertools.count():
+            if self.out.is_set() or time.monotonic() > deadline:
+                break
+            name = f"{self.kind}-{'fresh' if self.fresh else 'kept'}-{self.ident}-{i}"
+            if self.fresh:
+                with self.connect() as http:
+                    self.outcomes.append(send(http, self.kind, name))
             else:
-                r = http.post(f"{API}/parks", json={"name": name, "level": "other"})
-                done = r.status_code == 201 and r.json()["name"] == name
-            result = "completed" if done else f"answered {r.status_code}"
-        except httpx.ConnectError:
-            result = "refused"
-        except httpx.TransportError as exc:
-            result = repr(exc)
-        if fresh:
-            http.close()
-        outcomes.append(_Outcome(kind, name, started, time.monotonic(), result))
-        if result == "refused":
-            time.sleep(0.02)
-    kept.close()
-    return outcomes
+                self.outcomes.append(send(kept, self.kind, name))
+        kept.close()
 
 
-def test_sigterm_under_load_answers_every_request_that_reached_the_server(
+def _drain_under_load(
+    db_factory: DatabaseFactory,
+    token: str,
+    log: Path,
+    workers: int,
+    clients: list[tuple[str, bool]],
+) -> None:
+    url = db_factory.fresh()
+    env = {"SHUTDOWN_DRAIN_SECONDS": str(DRAIN_SECONDS)}
+    with server(url, workers=workers, log=log, **env) as (base, process):
+        # A connection kept alive from before the signal, used again during the drain.
+        idle = httpx.Client(base_url=base, headers=auth(token), timeout=60)
+        made = idle.post(f"{API}/parks", json={"name": "园区", "level": "other"})
+        assert made.status_code == 201, made.text
+        park_id = made.json()["id"]
+        projects = [
+            {"op": "create", "data": {"park_id": park_id, "name": f"p{i}", "stage": "planning"}}
+            for i in range(PAGE)
+        ]
+        batch = idle.post(f"{API}/projects/batch", json={"items": projects})
+        assert batch.status_code == 200, batch.text[:300]
+
+        balancer = Balancer(base)
+        load = [Client(base, token, kind, fresh, balancer.out) for kind, fresh in clients]
+        for thread in [balancer, *load]:
+            thread.start()
+        try:
+            poll(
+                lambda: all(len(c.outcomes) >= 3 for c in load) and len(balancer.probes) >= 2,
+                60,
+                "the load to get going",
+            )
+            sigterm = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert balancer.out.wait(DRAIN_SECONDS), "no 503 from /readyz during the drain"
+            out = time.monotonic()
+            # Requests a balancer had already sent this way are still served: on the connection
+            # kept alive from before, and on a new one.
+            late = [send(idle, "one", f"late-{i}") for i in range(2)]
+            with httpx.Client(base_url=base, headers=auth(token), timeout=60) as http:
+                late.append(send(http, "list", "late-list"))
+            exit_code = process.wait(timeout=DRAIN_SECONDS + shutdown.GRACEFUL_TIMEOUT_SECONDS + 5)
+            stopped = time.monotonic() - sigterm
+        finally:
+            balancer.out.set()
+            balancer.done.set()
+            for thread in [balancer, *load]:
+                thread.join(timeout=60)
+            idle.close()
+        assert not any(t.is_alive() for t in [balancer, *load])
+
+    outcomes = [o for c in load for o in c.outcomes] + late
+    failed = [o for o in outcomes if o.result != "completed"]
+    in_flight = [o for o in outcomes if o.started < sigterm < o.ended]
+    after_sigterm = [o for o in outcomes if o.started > sigterm]
+    before = [s for t, s in balancer.probes if t < sigterm]
+    after = [(t - sigterm, s) for t, s in balancer.probes if t > sigterm]
+    first_503 = min(t for t, s in after if s == 503)
+    print(
+        f"\nSIGTERM ({db_factory.engine}, {workers} worker(s)): {len(outcomes)} requests, "
+        f"{len(in_flight)} in flight at the signal, {len(after_sigterm)} sent after it, "
+        f"{len(failed)} failed; /readyz 503 {first_503:.2f} s after the signal; "
+        f"exit {exit_code} after {stopped:.2f} s"
+    )
+    assert failed == [], failed[:5]
+    assert in_flight, "the signal should come with requests in flight"
+    assert all(o.started > out for o in late)
+    # The balancer: 200 until the signal; then 503 within the drain, and nothing but 503 until
+    # the server stopped listening, which it did not do before the drain was over.
+    assert before and all(s == 200 for s in before)
+    assert first_503 < DRAIN_SECONDS and first_503 < stopped
+    answered = [(t, s) for t, s in after if isinstance(s, int)]
+    assert all(s == 503 for t, s in answered if t >= first_503), after
+    assert all(t >= DRAIN_SECONDS for t, s in after if not isinstance(s, int)), after
+    assert balancer.first_503 is not None
+    problem = balancer.first_503
+    assert problem.headers["content-type"].startswith("application/problem+json")
+    assert problem.headers["retry-after"]
+    assert problem.json()["detail"] == "实例正在停止 (shutting down)"
+    # Each process drained for the whole period, then stopped: exit 0 within drain + graceful.
+    assert log.read_text().count("Draining for") == workers
+    assert exit_code == 0
+    assert DRAIN_SECONDS <= stopped < DRAIN_SECONDS + shutdown.GRACEFUL_TIMEOUT_SECONDS
+    # Every write that got 2xx is stored, as a fresh app on the same database reads it.
+    settings = Settings(database_url=url, registry_admin_password=ADMIN_PASSWORD)
+    with TestClient(create_app(settings), headers=auth(token)) as fresh_app:
+        for o in outcomes:
+            if o.kind == "one":
+                stored = fresh_app.get(f"{API}/parks/{o.record_id}")
+                assert stored.status_code == 200 and stored.json()["name"] == o.name, o
+    db_factory.drop(url)
+
+
+def test_sigterm_drains_then_stops_losing_no_request(
     db_factory: DatabaseFactory, tokens: dict[str, str], tmp_path: Path
 ) -> None:
-    """SIGTERM while list pages, batches and single writes are in flight, on kept-alive and new
-    connections: each request gets its whole answer, or its connection is refused before anything
-    is sent (that is all a request that never reached the server may see); what was answered is
-    stored, what was refused is not; the process exits 0 within the graceful timeout."""
-    url = db_factory.fresh()
-    token = tokens["admin"]
-    log = tmp_path / "server.log"
-    with server(url, log=log) as (base, process):
-        with httpx.Client(base_url=base, headers=auth(token), timeout=120) as http:
-            made = http.post(f"{API}/parks", json={"name": "园区", "level": "other"})
-            assert made.status_code == 201, made.text
-            park_id = made.json()["id"]
-            projects = [
-                {"op": "create", "data": {"park_id": park_id, "name": f"p{i}", "stage": "planning"}}
-                for i in range(500)
-            ]
-            assert http.post(f"{API}/projects/batch", json={"items": projects}).status_code == 200
-        stop = threading.Event()
-        clients = [
-            (kind, fresh)
-            for kind in ("list", "batch", "one")
-            for fresh in (False, True)
-            for _ in range(2 if kind == "list" else 1)
-        ]
-        with ThreadPoolExecutor(len(clients)) as pool:
-            running = [
-                pool.submit(_shutdown_load, base, token, kind, fresh, stop)
-                for kind, fresh in clients
-            ]
-            try:
-                time.sleep(2)
-                sigterm = time.monotonic()
-                process.send_signal(signal.SIGTERM)
-                exit_code = process.wait(timeout=60)
-                stopped = time.monotonic() - sigterm
-                time.sleep(0.5)  # the clients go on, and are refused
-            finally:
-                stop.set()
-            outcomes = [o for r in running for o in r.result()]
-    names = Counter(name.rsplit(".", 1)[0] + "." for name in _names(url, "park"))
-    wrong = [o for o in outcomes if o.result not in ("completed", "refused")]
-    in_flight = [o for o in outcomes if o.started < sigterm < o.ended]
-    refused = [o for o in outcomes if o.result == "refused"]
-    completed = [o for o in outcomes if o.result == "completed"]
+    """SIGTERM while list pages and single writes are in flight, on kept-alive and new
+    connections, with a balancer probing `/readyz`: it sees 503 within the drain period while the
+    server still answers; clients that stop sending then see no error and no 5xx; every write
+    answered 2xx is stored; the process exits 0 within the drain plus the graceful timeout."""
+    clients = [(kind, fresh) for kind in ("list", "one") for fresh in (False, True)] * 2
+    _drain_under_load(db_factory, tokens["admin"], tmp_path / "server.log", 1, clients)
 
-    def stored_as_answered(o: _Outcome) -> bool:
-        stored, whole = names[o.name], {"batch": 200, "one": 1}[o.kind]
-        if o.result == "completed":
-            return stored == whole
-        if o.result == "refused":
-            return stored == 0
-        return stored in (0, whole)  # no answer: all of it or none of it
 
-    misstored = [
-        (o.name, o.result, names[o.name])
-        for o in outcomes
-        if o.kind != "list" and not stored_as_answered(o)
-    ]
-    queued = re.findall(r"Accepted (\d+) queued", log.read_text())
-    print(
-        f"\nSIGTERM ({db_factory.engine}): {len(completed)} completed "
-        f"({sum(o.result == 'completed' for o in in_flight)} of them in flight at the signal, "
-        f"{sum(o.started > sigterm and o.result == 'completed' for o in outcomes)} sent after it), "
-        f"{len(refused)} refused before sending, {len(wrong)} dropped; exit {exit_code} after "
-        f"{stopped:.2f} s; queued connections taken before closing the socket: {queued}"
-    )
-    assert wrong == []
-    assert misstored == []
-    assert all(o.started > sigterm for o in refused)
-    assert in_flight and refused, "the signal should come with requests in flight and after it"
-    assert exit_code == 0 and stopped < shutdown.GRACEFUL_TIMEOUT_SECONDS
-    db_factory.drop(url)
+def test_sigterm_drains_every_worker(
+    db_factory: DatabaseFactory, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """The same with `--workers 2`: the supervisor passes the signal on, each worker drains
+    (its `/readyz` says 503) while the socket stays open, then they stop."""
+    clients = [(kind, fresh) for kind in ("list", "one") for fresh in (False, True)]
+    _drain_under_load(db_factory, tokens["admin"], tmp_path / "server.log", 2, clients)
