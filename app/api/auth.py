@@ -7,7 +7,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from app.api.deps import CurrentPrincipal, DecimalRoute, IsAdmin, ReadSession, WriteSession
 from app.config import Settings
-from app.errors import responses
+from app.errors import Invalid, responses
 from app.models.common import MAX_ID
 from app.models.user import (
     AccessToken,
@@ -46,6 +46,9 @@ async def login(
 ) -> AccessToken:
     settings: Settings = request.app.state.settings
     address = request.client.host if request.client else "unknown"
+    if "\x00" in form.username:
+        # No account can have such a name, and the database refuses to store or compare it.
+        raise Invalid.field("username", "用户名不能包含 NUL 字符 (no NUL characters)", "body")
     user = await user_service.authenticate(session, settings, form.username, form.password, address)
     token, lifetime = issue_access_token(settings, user.username, Role(user.role))
     return AccessToken(access_token=token, expires_in=lifetime)
