@@ -23,10 +23,6 @@ class Settings(BaseSettings):
     db_pool_size: int = 20
     db_max_overflow: int = 0
     docs_enabled: bool = True
-    # Reads of one record and of a list page answered below FastAPI on PostgreSQL (app/fastpath.py).
-    fast_reads: bool = True
-    # Creates and partial updates run below FastAPI on PostgreSQL (app/fastwrite.py).
-    fast_writes: bool = True
     cors_origins: list[str] = []
     log_level: str = "info"
 

@@ -1,29 +1,29 @@
-"""Engine and sessions: one async path for both engines (asyncpg, aiosqlite)."""
+"""Engine, pool, sessions, and the one executor every statement of a request runs through.
+
+Services express their SQL once, as SQLAlchemy Core/ORM statements. `run` executes one: a
+statement built once per shape (`statement`) is compiled once per dialect and set of parameter
+names, and then runs straight on the driver's connection (asyncpg, or aiosqlite) under
+SQLAlchemy's pool, with each value converted by its SQLAlchemy type's own bind and result
+processors; any other statement runs through SQLAlchemy on the same connection. Why: SQLAlchemy's
+async execution costs several times a short query's own time (bench/README.md), and the hottest
+statements (a record by id, a list page, a write and its change row) are few and fixed in shape.
+"""
 
 import asyncio
-import functools
-import re
+import contextlib
+import sqlite3
 import weakref
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import IntegrityError, MultipleResultsFound, NoResultFound
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.pool import AsyncAdaptedQueuePool
-from sqlalchemy.util import await_, greenlet_spawn
-from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty, Full
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 # Errors after which a driver connection is not reused.
 BROKEN = (
@@ -32,38 +32,16 @@ BROKEN = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.PostgresConnectionError,
 )
-
-_STATEMENTS: dict[tuple[Any, ...], Any] = {}
-
-
-def statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
-    """A statement built once per shape (`key`) and run again with new bind parameters: that
-    skips SQLAlchemy's construction and cache-key work, most of a short statement's cost."""
-    stmt = _STATEMENTS.get(key)
-    if stmt is None:
-        stmt = _STATEMENTS[key] = build()
-    return stmt
+# The driver's own integrity errors, raised as SQLAlchemy's so callers handle one kind.
+_INTEGRITY = (asyncpg.exceptions.IntegrityConstraintViolationError, sqlite3.IntegrityError)
+# `session.info` key of a session's `Executor`.
+EXECUTOR = "executor"
+# Statements kept compiled (each shape of list query is one): bounded, oldest dropped first.
+MAX_STATEMENTS = 2048
 
 
-# `session.info` key: the asyncpg connection under a session whose transaction the caller runs
-# on that connection itself (see `Database.driven_session`).
-DRIVER = "driver"
-
-
-async def execute_core(session: AsyncSession, stmt: Any, params: dict[str, Any]) -> Any:
-    """A Core statement on the session's connection: the same transaction, without the ORM's
-    execution layer, which a statement that loads no ORM object does not need. Under
-    `Database.driven_session`, a statement built once (`statement`) runs on the driver itself."""
-    driver = session.info.get(DRIVER)
-    if driver is not None:
-        compiled = _driver_form(stmt, params, session.get_bind().dialect)
-        if compiled is not None:
-            return await compiled.run(driver, params)
-    return await (await session.connection()).execute(stmt, params)
-
-
-class _Row(dict[str, Any]):
-    """A result row by column name, as an item (`row["id"]`, `row._mapping`) or an attribute."""
+class Record(dict[str, Any]):
+    """A row by column name, as an item (`row["id"]`) or an attribute (`row.id`)."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -71,94 +49,175 @@ class _Row(dict[str, Any]):
         except KeyError:
             raise AttributeError(name) from None
 
-    @property
-    def _mapping(self) -> "_Row":
-        return self
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
 
 
-class _Rows:
-    """The part of SQLAlchemy's `Result` that the callers of `execute_core` use."""
+class Prepared:
+    """A statement built once per shape, and its compiled forms (see `_Form`)."""
 
-    def __init__(self, rows: list[_Row]) -> None:
-        self.rows = rows
+    __slots__ = ("forms", "stmt")
 
-    def one(self) -> _Row:
-        if len(self.rows) != 1:
-            raise (NoResultFound if not self.rows else MultipleResultsFound)()
-        return self.rows[0]
-
-    def one_or_none(self) -> _Row | None:
-        return None if not self.rows else self.one()
-
-    def scalar(self) -> Any:
-        return next(iter(self.rows[0].values())) if self.rows else None
-
-    def all(self) -> list[_Row]:
-        return self.rows
+    def __init__(self, stmt: Any) -> None:
+        self.stmt = stmt
+        self.forms: dict[tuple[str, frozenset[str]], _Form | None] = {}
 
 
-class _DriverForm:
-    """A statement compiled once for asyncpg, with its parameters' bind processors and its
-    columns' result processors: what SQLAlchemy's execution does per statement, done once."""
+_STATEMENTS: dict[tuple[Any, ...], Prepared] = {}
 
-    def __init__(self, stmt: Any, compiled: Any, dialect: Any) -> None:
+
+def statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Prepared:
+    """The statement of this shape (`key`), built on first use and kept; run it with `run`
+    and new parameters."""
+    prepared = _STATEMENTS.get(key)
+    if prepared is None:
+        prepared = _STATEMENTS[key] = Prepared(build())
+        if len(_STATEMENTS) > MAX_STATEMENTS:
+            del _STATEMENTS[next(iter(_STATEMENTS))]
+    return prepared
+
+
+class _Form:
+    """A statement compiled for one dialect and set of parameter names: its SQL text, each
+    positional parameter's bind processor, and (once the first result is described) each
+    column's result processor — what SQLAlchemy's execution works out per statement, done once."""
+
+    def __init__(self, stmt: Any, compiled: Any, dialect: Dialect) -> None:
         self.compiled = compiled
         self.sql: str = compiled.string
         self.names: list[str] = list(compiled.positiontup or ())
-        self.binds = [compiled.binds[n].type._cached_bind_processor(dialect) for n in self.names]
+        self.binds = [
+            compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in self.names
+        ]
         self.columns = list(getattr(stmt, "exported_columns", ()))
         self.keys = [c.key for c in self.columns]
         self.dialect = dialect
-        self.results: list[Any] | None = None  # known once the server has described the result
+        self.results: list[Any] | None = None
 
-    async def run(self, driver: Any, params: dict[str, Any]) -> _Rows:
+    def args(self, params: dict[str, Any]) -> list[Any]:
         values = self.compiled.construct_params(params)
-        args = [
+        return [
             value if proc is None or value is None else proc(value)
             for proc, value in zip(self.binds, (values[n] for n in self.names), strict=True)
         ]
-        if self.results is None and self.keys:
-            described = (await driver.prepare(self.sql)).get_attributes()
-            self.results = [
-                c.type._cached_result_processor(self.dialect, a.type.oid)
-                for c, a in zip(self.columns, described, strict=True)
-            ]
-        try:
-            found = await driver.fetch(self.sql, *args)
-        except asyncpg.exceptions.IntegrityConstraintViolationError as exc:
-            # As SQLAlchemy would raise it, so callers handle both paths alike.
-            raise IntegrityError(self.sql, args, exc) from exc
-        procs = self.results or []
-        return _Rows(
-            [
-                _Row(
-                    (key, value if proc is None or value is None else proc(value))
-                    for key, proc, value in zip(self.keys, procs, row, strict=True)
-                )
-                for row in found
-            ]
-        )
+
+    def processors(self, oids: Iterable[Any]) -> list[Any]:
+        return [
+            c.type.dialect_impl(self.dialect).result_processor(self.dialect, oid)
+            for c, oid in zip(self.columns, oids, strict=True)
+        ]
+
+    def records(self, rows: Iterable[Any]) -> list[Record]:
+        procs = self.results or [None] * len(self.keys)
+        return [
+            Record(
+                (key, value if proc is None or value is None else proc(value))
+                for key, proc, value in zip(self.keys, procs, row, strict=True)
+            )
+            for row in rows
+        ]
 
 
-_DRIVER_FORMS: dict[tuple[Any, frozenset[str]], _DriverForm | None] = {}
-
-
-def _driver_form(stmt: Any, params: dict[str, Any], dialect: Any) -> _DriverForm | None:
-    """The driver form of a statement built by `statement` for these parameter names, or None
-    where SQLAlchemy must run it: a statement built elsewhere, or one whose columns take
-    Python-side defaults that SQLAlchemy computes at execution."""
-    key = (stmt, frozenset(params))
-    if key in _DRIVER_FORMS:
-        return _DRIVER_FORMS[key]
-    if not any(s is stmt for s in _STATEMENTS.values()):
-        return None  # not kept for the process's life: not worth compiling, nor keeping alive
+def _form(prepared: Prepared, params: dict[str, Any], dialect: Dialect) -> "_Form | None":
+    """The driver form of a prepared statement for these parameter names, or None where
+    SQLAlchemy must run it: columns with Python-side defaults computed at execution, or
+    parameters expanded at execution (IN lists)."""
+    key = (dialect.name, frozenset(params))
+    if key in prepared.forms:
+        return prepared.forms[key]
+    stmt = prepared.stmt
     compiled = stmt.compile(dialect=dialect, column_keys=list(params))
-    prefetch = any(
+    deferred = any(
         getattr(compiled, name, None)
-        for name in ("insert_prefetch", "update_prefetch", "postfetch")
+        for name in (
+            "insert_prefetch",
+            "update_prefetch",
+            "postfetch",
+            "post_compile_params",
+            "literal_execute_params",
+        )
     )
-    form = _DRIVER_FORMS[key] = None if prefetch else _DriverForm(stmt, compiled, dialect)
+    form = prepared.forms[key] = None if deferred else _Form(stmt, compiled, dialect)
     return form
+
+
+class Executor:
+    """Runs statements on one pooled connection: on its driver where a statement is prepared,
+    else through SQLAlchemy (`conn`). Its transaction, where it has one, is the driver's own
+    (`begin` … `commit`): SQLAlchemy's connection is in autocommit mode and never begins one."""
+
+    def __init__(self, conn: AsyncConnection, driver: Any) -> None:
+        self.conn = conn
+        self.driver = driver
+        self.dialect: Dialect = conn.dialect
+        self.sqlite = self.dialect.name == "sqlite"
+
+    async def run(self, stmt: Any, params: dict[str, Any] | None = None) -> list[Record]:
+        params = params or {}
+        form = _form(stmt, params, self.dialect) if isinstance(stmt, Prepared) else None
+        if form is None:
+            target = stmt.stmt if isinstance(stmt, Prepared) else stmt
+            result = await self.conn.execute(target, params)
+            return [Record(m) for m in result.mappings()] if result.returns_rows else []
+        args = form.args(params)
+        try:
+            if self.sqlite:
+                if form.results is None:
+                    form.results = form.processors([None] * len(form.columns))
+                rows = await self.driver.execute_fetchall(form.sql, args)
+            else:
+                if form.results is None and form.columns:
+                    described = (await self.driver.prepare(form.sql)).get_attributes()
+                    form.results = form.processors(a.type.oid for a in described)
+                rows = await self.driver.fetch(form.sql, *args)
+        except _INTEGRITY as exc:
+            raise IntegrityError(form.sql, args, exc) from exc
+        return form.records(rows)
+
+    async def command(self, sql: str) -> None:
+        """A statement of the transaction's own (BEGIN, COMMIT, ROLLBACK) on the driver."""
+        if self.sqlite:
+            await self.driver.execute_fetchall(sql)
+        else:
+            await self.driver.execute(sql)
+
+    def in_transaction(self) -> bool:
+        if self.sqlite:
+            return bool(self.driver.in_transaction)
+        return bool(self.driver.is_in_transaction())
+
+
+def executor(session: AsyncSession) -> Executor | None:
+    found: Executor | None = session.info.get(EXECUTOR)
+    return found
+
+
+async def run(
+    session: AsyncSession, stmt: Any, params: dict[str, Any] | None = None
+) -> list[Record]:
+    """A statement on the session's connection, in its transaction: through its `Executor`
+    (sessions of `Database.reader` and `Database.writing`), or through SQLAlchemy (the
+    sessions of `Database.writer`, whose transactions SQLAlchemy runs)."""
+    found = executor(session)
+    if found is not None:
+        return await found.run(stmt, params)
+    target = stmt.stmt if isinstance(stmt, Prepared) else stmt
+    result = await (await session.connection()).execute(target, params or {})
+    return [Record(m) for m in result.mappings()] if result.returns_rows else []
+
+
+async def commit(session: AsyncSession) -> None:
+    """Commits the session's work where the session owns its transaction (`Database.writer`);
+    a `Database.writing` transaction is the block's, committed when it ends, so here its
+    pending ORM changes are only flushed into it."""
+    if executor(session) is None:
+        await session.commit()
+    else:
+        await session.flush()
+
+
+def one(rows: list[Record]) -> Record | None:
+    return rows[0] if rows else None
 
 
 ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
@@ -201,7 +260,7 @@ def _sqlite_on_begin(conn: Connection) -> None:
 def _sqlite_on_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
     """The pool's rollback of a connection handed back (`reset_on_return` is off for SQLite),
     only when a transaction is open: each rollback is a hand-off to the connection's thread,
-    and most connections come back with none (reads run in autocommit, writes have committed)."""
+    and most connections come back with none."""
     if not state.asyncio_safe:
         return  # as SQLAlchemy's own reset: not outside the event loop
     try:
@@ -210,103 +269,6 @@ def _sqlite_on_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
         return
     if open_transaction:
         dbapi_connection.rollback()
-
-
-class SqliteDriver:
-    """asyncpg's `fetch` and `fetchrow`, and `is_closed`, on an aiosqlite connection, for the
-    statements the fast paths send to the driver (written for asyncpg, `$1` placeholders).
-    Rows are tuples in the statement's column order. Each statement, rows and all, is one
-    hand-off to the connection's thread: through SQLAlchemy a read took some 18 (a cursor, the
-    statement, the rows, closing the cursor, two rollbacks, for the token and the record)."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return list(await self.conn.execute_fetchall(_qmark(sql), args))
-
-    async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
-        rows = await self.fetch(sql, *args)
-        return rows[0] if rows else None
-
-    def is_closed(self) -> bool:
-        try:
-            self.conn.in_transaction  # noqa: B018 (raises once the connection is closed)
-        except ValueError:
-            return True
-        return False
-
-
-@functools.cache
-def _qmark(sql: str) -> str:
-    """asyncpg's `$1` placeholders as SQLite's numbered `?1`: the same statement text serves
-    both (the fast paths' SQL uses no `$` otherwise)."""
-    return re.sub(r"\$(\d+)", r"?\1", sql)
-
-
-class FairQueue(AsyncAdaptedQueue):  # type: ignore[type-arg]
-    """The pool's queue of idle connections, first come first served. SQLAlchemy's asyncio
-    queue lets a newcomer take a connection that was just returned while older requests wait,
-    and a waiter that loses that race queues again at the back, so under load a few requests
-    wait many turns: the long tail of the bench's p99 (issue 6). Here a returned connection
-    goes straight to the oldest waiter, and a newcomer waits behind those already waiting."""
-
-    def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
-        super().__init__(maxsize, use_lifo)
-        self._idle: deque[Any] = deque()
-        self._waiters: deque[asyncio.Future[Any]] = deque()
-
-    def empty(self) -> bool:
-        return not self._idle
-
-    def full(self) -> bool:
-        return 0 < self.maxsize <= len(self._idle)
-
-    def qsize(self) -> int:
-        return len(self._idle)
-
-    def put_nowait(self, item: Any) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(item)
-                return
-        if self.full():
-            raise Full()
-        self._idle.append(item)
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        self.put_nowait(item)  # the pool never holds more than it made: a put never waits
-
-    def get_nowait(self) -> Any:
-        if not self._idle:
-            raise Empty()
-        return self._idle.pop() if self.use_lifo else self._idle.popleft()
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if self._idle or not block:
-            return self.get_nowait()  # with connections idle, nobody is waiting
-        return await_(self._wait(seconds=timeout))
-
-    async def _wait(self, seconds: float | None) -> Any:
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            async with asyncio.timeout(seconds):
-                return await waiter
-        except BaseException as exc:
-            handed = waiter.done() and not waiter.cancelled()
-            if isinstance(exc, TimeoutError):
-                if handed:  # handed over just as the time ran out: it is ours
-                    return waiter.result()
-                raise Empty() from exc
-            if handed:  # cancelled after a connection was handed over: pass it on
-                self.put_nowait(waiter.result())
-            raise
-
-
-class FairPool(AsyncAdaptedQueuePool):
-    _queue_class = FairQueue
 
 
 def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 0) -> AsyncEngine:
@@ -321,7 +283,6 @@ def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 0) -
             connect_args={"timeout": 30},
             pool_size=pool_size,
             max_overflow=max_overflow,
-            poolclass=FairPool,
             pool_reset_on_return=None,  # `_sqlite_on_reset` rolls back what is open
         )
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
@@ -332,124 +293,101 @@ def make_engine(url: str | URL, *, pool_size: int = 20, max_overflow: int = 0) -
         target,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        poolclass=FairPool,
         pool_pre_ping=False,
         connect_args={"server_settings": {"application_name": "park-registry", "timezone": "UTC"}},
     )
 
 
-# Set while this task holds `OneWriterAtATime`'s turn.
-_WRITING: ContextVar[bool] = ContextVar("writing", default=False)
+class _Turns:
+    """First-come-first-served queues of this process, one per event loop: for pool checkouts
+    (a `Semaphore` of the pool's size: SQLAlchemy's asyncio pool lets a newcomer take a
+    connection just returned while older requests wait, which stretched the bench's p99) and
+    for SQLite's one writer (a `Lock`: SQLite's busy handler sleeps and retries, so a waiting
+    writer could sleep on while the lock was free)."""
 
-
-class OneWriterAtATime:
-    """SQLite's writer sessions, one at a time in this process, in the order they were asked
-    for. SQLite lets one transaction write; the others wait in its busy handler, which sleeps
-    and tries again (1, 2, 5 … 100 ms), so a writer can sleep on while the lock is free and a
-    newcomer takes it: the bench's SQLite create had a p99 of 1.3 s at 32 connections. Here
-    they queue on an asyncio lock (first come, first served) instead; between processes the busy
-    timeout still decides. A task that already holds its turn opens another session without
-    queueing behind itself (SQLite's busy timeout then answers, as before)."""
-
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.sessions = sessions
-        self.turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+        self.by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
 
-    @asynccontextmanager
-    async def __call__(self) -> AsyncIterator[AsyncSession]:
-        if _WRITING.get():
-            async with self.sessions() as session:
-                yield session
-            return
+    def here(self) -> Any:
         loop = asyncio.get_running_loop()
-        turn = self.turns.get(loop) or self.turns.setdefault(loop, asyncio.Lock())
-        async with turn:
-            token = _WRITING.set(True)
-            try:
-                async with self.sessions() as session:
-                    yield session
-            finally:
-                _WRITING.reset(token)
+        turn = self.by_loop.get(loop)
+        if turn is None:
+            turn = self.by_loop[loop] = self.make()
+        return turn
 
 
 class Database:
-    """The engine and its two session factories: reads, and writes (which lock up front)."""
+    """The engine and the sessions on it.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    - `reader()`: reads, in autocommit (no BEGIN/ROLLBACK around a SELECT), through an
+      `Executor`.
+    - `writing()`: a write transaction run on the driver (BEGIN, or BEGIN IMMEDIATE on SQLite;
+      COMMIT when the block ends, ROLLBACK if it raises), through an `Executor`: the request
+      path's writes.
+    - `writer()`: a write session whose transactions SQLAlchemy runs (`session.commit()`,
+      savepoints, rollbacks mid-way): for work that commits more than once or rolls back on
+      purpose (imports, idempotency keys, accounts, the command line).
+    On SQLite, writers of this process take turns, first come first served; between processes
+    SQLite's busy timeout decides."""
+
+    def __init__(self, engine: AsyncEngine, *, pool_timeout: float = 30.0) -> None:
         self.engine = engine
-        # SQLAlchemy neither begins nor commits on these connections. Reads run so: no
-        # BEGIN/ROLLBACK round trips around a single SELECT (the bench measured 10-20% of a
-        # GET's CPU there); so do `driven_session`s, whose transaction is run on the driver.
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self.reader = async_sessionmaker(
-            self.autocommit,
-            expire_on_commit=False,
-            autoflush=False,
-        )
-        writer = async_sessionmaker(
-            engine.execution_options(sqlite_immediate=True),
-            expire_on_commit=False,
-            autoflush=False,
-        )
-        self.writer: Callable[[], AbstractAsyncContextManager[AsyncSession]] = (
-            OneWriterAtATime(writer) if self.is_sqlite else writer
-        )
+        self.immediate = engine.execution_options(sqlite_immediate=True)
+        self.pool_timeout = pool_timeout
+        size = engine.pool.size() if hasattr(engine.pool, "size") else 1
+        self.checkouts = _Turns(lambda: asyncio.Semaphore(max(1, size)))
+        self.writers = _Turns(asyncio.Lock)
+        # Set while this task holds the SQLite writer's turn (a nested writer does not queue
+        # behind itself; SQLite's busy timeout answers it, as before).
+        self.writing_task: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
-    async def read_session(self) -> AsyncIterator[AsyncSession]:
-        async with self.reader() as session:
-            yield session
-
-    async def write_session(self) -> AsyncIterator[AsyncSession]:
-        async with self.writer() as session:
-            yield session
-
     @asynccontextmanager
-    async def driver_connection(self) -> AsyncIterator[Any]:
-        """The driver's own connection under one of the pool's connections, for the few hot
-        statements where SQLAlchemy's execution machinery costs more than the query: the fast
-        reads and the service-token check. asyncpg's connection, or on SQLite a `SqliteDriver`
-        with the same `fetch` / `fetchrow`. Autocommit, as the driver is outside a
-        transaction. A connection that failed or was abandoned mid-statement is discarded
-        rather than handed to the next request."""
-        fairy = await greenlet_spawn(self.engine.sync_engine.pool.connect)
-        conn = fairy.driver_connection
-        if self.is_sqlite:
-            conn = SqliteDriver(conn)
+    async def _checkout(self) -> AsyncIterator[None]:
+        gate: asyncio.Semaphore = self.checkouts.here()
         try:
-            yield conn
-        except BaseException as exc:
-            if (
-                not isinstance(exc, Exception)  # cancelled mid-statement
-                or isinstance(exc, BROKEN)
-                or conn is None
-                or conn.is_closed()
-            ):
-                await greenlet_spawn(fairy.invalidate, exc)
-            raise
+            async with asyncio.timeout(self.pool_timeout):
+                await gate.acquire()
+        except TimeoutError as exc:
+            raise PoolTimeout("no database connection came free in time") from exc
+        try:
+            yield
         finally:
-            await greenlet_spawn(fairy.close)
+            gate.release()
 
     @asynccontextmanager
-    async def driven_session(self) -> AsyncIterator[AsyncSession]:
-        """A session (PostgreSQL) whose transaction is run on its asyncpg connection, held for
-        the session's life and in `session.info[DRIVER]`: `driven_transaction` sends BEGIN and
-        COMMIT, `execute_core` sends the statements built once straight to the driver, and
-        everything else goes through SQLAlchemy on the same connection, in autocommit mode so
-        that SQLAlchemy neither begins nor commits (the session's own `commit()` is then a
-        no-op). Per write this saves SQLAlchemy's execution of BEGIN, COMMIT and every hot
-        statement: most of a create's CPU after FastAPI's (issue 6)."""
-        async with self.autocommit.connect() as conn:
+    async def _writer_turn(self) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        if not self.is_sqlite or task in self.writing_task:
+            yield
+            return
+        async with self.writers.here():
+            assert task is not None
+            self.writing_task.add(task)
+            try:
+                yield
+            finally:
+                self.writing_task.discard(task)
+
+    @asynccontextmanager
+    async def _driven(self) -> AsyncIterator[AsyncSession]:
+        """A session on one pooled connection in autocommit mode, with its `Executor`. A
+        connection left in doubt (cancelled, broken, or still in a transaction) is discarded
+        rather than handed to the next request."""
+        async with self._checkout(), self.autocommit.connect() as conn:
             driver: Any = (await conn.get_raw_connection()).driver_connection
+            runner = Executor(conn, driver)
             failure: BaseException | None = None
             try:
                 async with AsyncSession(
-                    bind=conn, expire_on_commit=False, autoflush=False, info={DRIVER: driver}
+                    bind=conn, expire_on_commit=False, autoflush=False, info={EXECUTOR: runner}
                 ) as session:
                     yield session
             except BaseException as exc:
@@ -457,27 +395,54 @@ class Database:
                 raise
             finally:
                 if (
-                    driver.is_closed()
-                    or driver.is_in_transaction()
-                    or isinstance(failure, BROKEN)
+                    isinstance(failure, BROKEN)
                     or (failure is not None and not isinstance(failure, Exception))
+                    or _closed(runner)
+                    or runner.in_transaction()
                 ):
                     await conn.invalidate()
 
-    @staticmethod
+    def reader(self) -> Any:
+        return self._driven()
+
     @asynccontextmanager
-    async def driven_transaction(session: AsyncSession) -> AsyncIterator[None]:
-        """BEGIN … COMMIT on a `driven_session`'s connection; ROLLBACK if the block raises. A
-        connection left in doubt (cancelled, broken, or failing to roll back) is discarded by
-        `driven_session`, not handed to the next request mid-transaction."""
-        driver = session.info[DRIVER]
-        await driver.execute("BEGIN")
-        try:
-            yield
-        except Exception:
-            await driver.execute("ROLLBACK")
-            raise
-        await driver.execute("COMMIT")
+    async def writing(self) -> AsyncIterator[AsyncSession]:
+        async with self._writer_turn(), self._driven() as session:
+            runner = session.info[EXECUTOR]
+            await runner.command("BEGIN IMMEDIATE" if runner.sqlite else "BEGIN")
+            try:
+                yield session
+                await session.flush()
+            except BaseException:
+                if not _closed(runner):
+                    # Refused or failed: nothing of it is kept. Where even the ROLLBACK fails,
+                    # `_driven` discards the connection, still in its transaction.
+                    with contextlib.suppress(Exception):
+                        await runner.command("ROLLBACK")
+                raise
+            try:
+                await runner.command("COMMIT")
+            except _INTEGRITY as exc:
+                raise IntegrityError("COMMIT", [], exc) from exc
+
+    @asynccontextmanager
+    async def writer(self) -> AsyncIterator[AsyncSession]:
+        async with (
+            self._writer_turn(),
+            self._checkout(),
+            AsyncSession(self.immediate, expire_on_commit=False, autoflush=False) as session,
+        ):
+            yield session
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _closed(runner: Executor) -> bool:
+    if runner.sqlite:
+        try:
+            runner.driver.in_transaction  # noqa: B018 (raises once the connection is closed)
+        except ValueError:
+            return True
+        return False
+    return bool(runner.driver.is_closed())

@@ -10,11 +10,14 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api import deps
 from app.db import Database
 from app.db_types import utcnow
-from app.errors import PROBLEM_JSON, AppError
+from app.errors import AppError, problem_response
 from app.models.idempotency import IdempotencyKey
 
 KEEP = timedelta(hours=48)
@@ -24,28 +27,10 @@ REPLAYED_HEADERS = {b"content-type", b"location", b"etag"}
 
 
 def _problem(
-    status: int, title: str, detail: str, path: str, extra: list[tuple[bytes, bytes]] | None = None
-) -> list[Message]:
+    scope: Scope, status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> Response:
     slug = title.lower().replace(" ", "-")
-    body = json.dumps(
-        {
-            "type": f"/problems/{slug}",
-            "title": title,
-            "status": status,
-            "detail": detail,
-            "instance": path,
-        },
-        ensure_ascii=False,
-    ).encode()
-    headers = [
-        (b"content-type", PROBLEM_JSON.encode()),
-        (b"content-length", str(len(body)).encode()),
-        *(extra or []),
-    ]
-    return [
-        {"type": "http.response.start", "status": status, "headers": headers},
-        {"type": "http.response.body", "body": body},
-    ]
+    return problem_response(Request(scope), status, slug, title, detail, headers=headers)
 
 
 def _fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
@@ -59,9 +44,8 @@ def _fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
 
 
 class Idempotency:
-    def __init__(self, app: ASGIApp, resolve_caller: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.resolve_caller = resolve_caller  # (app, headers) -> caller name, or None if unknown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -73,13 +57,15 @@ class Idempotency:
             return
         path = scope["path"]
         if len(key) > 200:
-            for m in _problem(
-                422, "Validation error", "Idempotency-Key is longer than 200 characters", path
-            ):
-                await send(m)
+            refusal = _problem(
+                scope, 422, "Validation error", "Idempotency-Key is longer than 200 characters"
+            )
+            await refusal(scope, receive, send)
             return
         try:
-            caller = await self.resolve_caller(scope["app"], scope["headers"])
+            # Resolved once: the route reads the same principal from the request's state.
+            principal = await deps.caller(Request(scope))
+            caller = principal.name if principal else None
         except AppError:
             await self.app(scope, receive, send)  # not authenticated: the app answers 401
             return
@@ -91,16 +77,15 @@ class Idempotency:
                 if not message.get("more_body"):
                     break
         except HTTPException as exc:
-            for m in _problem(exc.status_code, "Content too large", str(exc.detail), path):
-                await send(m)
+            refusal = _problem(scope, exc.status_code, "Content too large", str(exc.detail))
+            await refusal(scope, receive, send)
             return
         body = b"".join(chunks)
         fingerprint = _fingerprint("POST", path, scope.get("query_string", b""), body)
         db: Database = scope["app"].state.db
-        claimed = await self._claim(db, caller or "anonymous", key, path, fingerprint)
-        if isinstance(claimed, list):
-            for m in claimed:
-                await send(m)
+        claimed = await self._claim(scope, db, caller or "anonymous", key, fingerprint)
+        if isinstance(claimed, Response):
+            await claimed(scope, receive, send)
             return
 
         replay_sent = False
@@ -133,8 +118,10 @@ class Idempotency:
         await self._store(db, claimed, captured)
 
     async def _claim(
-        self, db: Database, caller: str, key: str, path: str, fingerprint: str
-    ) -> int | list[Message]:
+        self, scope: Scope, db: Database, caller: str, key: str, fingerprint: str
+    ) -> int | Response:
+        """The key's row for this request, or the answer it already has."""
+        path = scope["path"]
         now = utcnow()
         async with db.writer() as session:
             row = IdempotencyKey(
@@ -161,35 +148,27 @@ class Idempotency:
             )
             found = (await session.execute(stmt.with_for_update())).scalar_one_or_none()
             if found is None:  # purged between the two statements: treat as new
-                return await self._claim(db, caller, key, path, fingerprint)
+                return await self._claim(scope, db, caller, key, fingerprint)
             if found.request_hash != fingerprint:
                 return _problem(
+                    scope,
                     422,
                     "Validation error",
                     "this Idempotency-Key was used with a different request; use a new key",
-                    path,
                 )
             if found.done and found.response_status is not None:
-                headers = [
-                    (k.encode("latin-1"), v.encode("latin-1"))
-                    for k, v in found.response_headers or []
-                ]
-                headers.append((b"idempotent-replayed", b"true"))
-                return [
-                    {
-                        "type": "http.response.start",
-                        "status": found.response_status,
-                        "headers": headers,
-                    },
-                    {"type": "http.response.body", "body": found.response_body or b""},
-                ]
+                return Response(
+                    found.response_body or b"",
+                    status_code=found.response_status,
+                    headers={**dict(found.response_headers or []), "Idempotent-Replayed": "true"},
+                )
             if now - found.created_at < ABANDONED:
                 return _problem(
+                    scope,
                     409,
                     "Conflict",
                     "a request with this Idempotency-Key is still in progress",
-                    path,
-                    [(b"retry-after", b"1")],
+                    {"Retry-After": "1"},
                 )
             found.created_at = now  # the first attempt died; this one takes the key over
             await session.commit()

@@ -1,10 +1,11 @@
 """Refuses request bodies over the configured size before they are read whole."""
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.errors import PROBLEM_JSON
+from app.errors import problem_response
 
 # Uploads that are meant to be large, by path: the setting that caps each. Their multipart
 # files are spooled to disk past 1 MiB, so a large cap does not mean a large process.
@@ -32,7 +33,7 @@ class BodyLimit:
         limit = self.limit(scope)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await self._refuse(scope, send, limit)
+            await self._refuse(scope, receive, send, limit)
             return
         seen = 0
 
@@ -48,20 +49,13 @@ class BodyLimit:
 
         await self.app(scope, counted, send)
 
-    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
-        body = (
-            '{"type":"/problems/content-too-large","title":"Content too large","status":413,'
-            f'"detail":"request body exceeds {limit} bytes","instance":"{scope["path"]}"}}'
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = problem_response(
+            Request(scope),
+            413,
+            "content-too-large",
+            "Content too large",
+            f"request body exceeds {limit} bytes",
+            headers={"Connection": "close"},
         )
-        await send({"type": "http.response.body", "body": body})
+        await response(scope, receive, send)

@@ -14,12 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import context, errors, migrate
 from app.api import auth, changes, crud, dashboard, exchange, ops, projects, stats, targets
-from app.api.deps import DecimalRoute, caller_name
+from app.api.deps import DecimalRoute
 from app.config import Settings, get_settings
 from app.dashboard.openapi_tags import OPENAPI_TAGS
 from app.db import Database, make_engine
-from app.fastpath import FastReads
-from app.fastwrite import FastWrites
 from app.idempotency import Idempotency
 from app.limits import BodyLimit
 from app.resources import ALL
@@ -123,10 +121,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    # Innermost of ours: CORS, idempotency, the body limit and the request id apply to what
-    # the fast read and write paths answer as to everything else.
-    app.add_middleware(FastWrites, prefix=API_PREFIX)
-    app.add_middleware(FastReads, prefix=API_PREFIX)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -137,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["ETag", "Location", "X-Request-ID"],
         )
-    app.add_middleware(Idempotency, resolve_caller=caller_name)
+    app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
 

@@ -27,9 +27,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.db import Database, FairPool, FairQueue, async_url, make_engine
+from app.db import EXECUTOR, Database, make_engine
 from tests.conftest import DatabaseFactory
 from tests.helpers import API, problem
 from tests.servers import server
@@ -164,110 +163,82 @@ def test_the_pool_hands_connections_out_in_the_order_they_were_asked_for(
     db_factory: DatabaseFactory,
 ) -> None:
     """A request that waits for a pooled connection gets the next one returned: a newcomer
-    does not take it first (SQLAlchemy's asyncio queue let it), and a waiter cancelled just
-    as it was handed one passes it on rather than losing it; a wait that times out leaves the
-    pool whole."""
+    does not take it first (SQLAlchemy's asyncio pool lets it, so the database's checkouts
+    queue first come first served), and a waiter cancelled while it waits leaves its turn to
+    the next; a wait that times out is a pool timeout (503) and leaves the pool whole."""
     url = db_factory.fresh()
 
-    async def go() -> tuple[list[str], list[str]]:
-        engine = make_engine(url, pool_size=1, max_overflow=0)
+    async def go() -> tuple[list[str], list[str], int]:
+        db = Database(make_engine(url, pool_size=1, max_overflow=0), pool_timeout=0.3)
         order: list[str] = []
 
         async def use(name: str) -> None:
-            async with engine.connect() as conn:
+            async with db.reader() as session:
                 order.append(name)
-                await conn.exec_driver_sql("SELECT 1")
+                await session.execute(text("SELECT 1"))
 
         try:
-            held = await engine.connect()
-            first = asyncio.create_task(use("waiting"))
-            await asyncio.sleep(0.1)  # it is waiting for the one connection
-            await held.close()  # returned: its turn
-            await use("newcomer")  # asks before the waiting task has run
+            async with db.reader():
+                first = asyncio.create_task(use("waiting"))
+                await asyncio.sleep(0.1)  # it is waiting for the one connection
+            await use("newcomer")  # asks as the held one comes back, before `first` has run
             await first
             served = list(order)
 
             order.clear()
-            held = await engine.connect()
-            doomed = asyncio.create_task(use("cancelled"))
-            second = asyncio.create_task(use("second"))
-            await asyncio.sleep(0.1)
-            await held.close()  # handed to `doomed` ...
-            doomed.cancel()  # ... which is cancelled before it runs
+            async with db.reader():
+                doomed = asyncio.create_task(use("cancelled"))
+                second = asyncio.create_task(use("second"))
+                await asyncio.sleep(0.1)
+                doomed.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await doomed
             await asyncio.wait_for(second, 10)
-            with contextlib.suppress(asyncio.CancelledError):
-                await doomed
             await asyncio.wait_for(use("after"), 10)  # the pool still has its connection
             rescued = list(order)
+
+            async with db.reader():
+                with pytest.raises(SQLAlchemyTimeoutError):
+                    await use("too late")
+            async with db.reader() as session:
+                left = int((await session.execute(text("SELECT 1"))).scalar_one())
         finally:
-            await engine.dispose()
-        return served, rescued
+            await db.dispose()
+        return served, rescued, left
 
-    served, rescued = asyncio.run(go())
-    assert served == ["waiting", "newcomer"]
-    assert rescued == ["second", "after"]
-
-    async def timeout() -> int:
-        engine = create_async_engine(
-            async_url(url), poolclass=FairPool, pool_size=1, max_overflow=0, pool_timeout=0.2
-        )
-        try:
-            held = await engine.connect()
-            with pytest.raises(SQLAlchemyTimeoutError):
-                await engine.connect()
-            await held.close()  # goes back to the pool, not to the waiter that gave up
-            async with engine.connect() as conn:
-                return int((await conn.exec_driver_sql("SELECT 1")).scalar_one())
-        finally:
-            await engine.dispose()
-
-    assert asyncio.run(timeout()) == 1
+    assert asyncio.run(go()) == (["waiting", "newcomer"], ["second", "after"], 1)
     db_factory.drop(url)
 
 
-def test_a_connection_handed_over_as_the_wait_times_out_is_not_lost() -> None:
-    """The pool's queue on its own: a connection handed to a waiter in the same turn of the
-    event loop as its timeout fires goes to that waiter, rather than vanishing with the
-    timeout (the pool would be one connection short for good)."""
-
-    connection = object()
-
-    async def go() -> tuple[object, int]:
-        loop = asyncio.get_running_loop()
-        queue = FairQueue(maxsize=1)
-        waiting = asyncio.create_task(queue._wait(seconds=0.05))
-        await asyncio.sleep(0)  # it waits, and its deadline is set
-        loop.call_at(loop.time() + 0.01, queue.put_nowait, connection)  # due before the deadline
-        time.sleep(0.1)  # noqa: ASYNC251 (blocks the loop on purpose: both fall due together)
-        return await waiting, queue.qsize()
-
-    got, idle = asyncio.run(go())
-    assert got is connection and idle == 0
-
-
-def test_a_sqlite_connection_handed_back_mid_transaction_is_rolled_back(
+def test_a_sqlite_connection_handed_back_mid_transaction_is_discarded(
     db_factory: DatabaseFactory,
 ) -> None:
-    """SQLite's pool rolls back only what is open (each rollback is a hand-off to the
-    connection's thread): one handed back holding the write lock must still release it."""
+    """A connection that comes back to the pool still inside a transaction (its request was
+    cancelled, or its ROLLBACK failed) is not handed to the next request: it is discarded, and
+    SQLite's write lock goes with it."""
     if db_factory.engine != "sqlite":
-        pytest.skip("the SQLite pool's own reset")
+        pytest.skip("SQLite's write lock")
     url = db_factory.fresh()
 
     async def go(locked: Callable[[], bool]) -> tuple[bool, bool, bool]:
         db = Database(make_engine(url, pool_size=1, max_overflow=0))
         try:
-            async with db.driver_connection() as conn:
-                await conn.fetch("BEGIN IMMEDIATE")
-                await conn.fetch(
-                    "INSERT INTO park (name, level, version, created_at, updated_at)"
-                    " VALUES ('半途', 'other', 1, '2026-01-01', '2026-01-01')"
+            async with db.reader() as session:
+                runner = session.info[EXECUTOR]
+                await runner.command("BEGIN IMMEDIATE")
+                await session.execute(
+                    text(
+                        "INSERT INTO park (name, level, version, created_at, updated_at)"
+                        " VALUES ('半途', 'other', 1, '2026-01-01', '2026-01-01')"
+                    )
                 )
                 during = locked()
             after = locked()
-            async with db.driver_connection() as conn:  # the same connection, reset
-                left = await conn.fetch("SELECT count(*) FROM park WHERE name = '半途'")
-            return during, after, left[0][0] == 0
+            async with db.reader() as session:
+                left = (
+                    await session.execute(text("SELECT count(*) FROM park WHERE name = '半途'"))
+                ).scalar_one()
+            return during, after, left == 0
         finally:
             await db.dispose()
 

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from app.api.crud import operation
 from app.api.deps import CanRead, ReadSession
 from app.errors import responses
 from app.models.change import ChangePage
@@ -19,7 +20,9 @@ MAX_FEED_PAGE = 1000
 ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  # type: ignore[misc]
 
 
-@router.get(
+@operation(
+    router,
+    "GET",
     "/changes",
     response_model=ChangePage,
     tags=["同步 Sync"],

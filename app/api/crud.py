@@ -1,13 +1,24 @@
 """The five operations every resource has, built from its `ResourceSpec`."""
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, Path, Query, Response
+from pydantic import BaseModel, Field, TypeAdapter
 
-from app.api.deps import CanRead, CanWrite, IfMatch, IfNoneMatch, ReadSession, WriteSession
-from app.errors import Invalid, NotFound, responses
+from app.api.deps import (
+    CanRead,
+    CanWrite,
+    IfMatch,
+    IfNoneMatch,
+    ReadSession,
+    WriteSession,
+    etags,
+    none_match_tags,
+)
+from app.api.route import ResourceRoute
+from app.errors import NotFound, responses
 from app.models.change import ChangePublic
 from app.models.common import MAX_ID, Page
 from app.resources import BY_NAME
@@ -15,6 +26,7 @@ from app.services import batch, changes, records
 from app.services.records import ResourceSpec
 
 JSON = "application/json"
+HISTORY: TypeAdapter[list[ChangePublic]] = TypeAdapter(list[ChangePublic])
 
 
 def json_response(
@@ -44,17 +56,16 @@ class BatchResponse(BaseModel):
     items: list[BatchResponseItem] = Field(description="每项的结果，顺序同请求 (one per item)")
 
 
-async def single_valued_query(request: Request) -> None:
-    """Every list parameter takes one value: `?stage=signed&stage=planning` is refused with a
-    422 naming it, instead of being read as whichever came last."""
-    seen: set[str] = set()
-    for key, _ in request.query_params.multi_items():
-        if key in seen:
-            raise Invalid.field(key, f"'{key}' is given more than once", "query")
-        seen.add(key)
+def operation(router: APIRouter, method: str, path: str, **options: Any) -> Callable[[Any], Any]:
+    """Registers the decorated endpoint as a `ResourceRoute` (the lean request path)."""
 
+    def register(endpoint: Any) -> Any:
+        router.add_api_route(
+            path, endpoint, methods=[method], route_class_override=ResourceRoute, **options
+        )
+        return endpoint
 
-SingleValuedQuery = Depends(single_valued_query)
+    return register
 
 
 def tag(spec: ResourceSpec) -> str:
@@ -83,7 +94,9 @@ def add_crud_routes(
         {"seed": {"summary": "示例（来自种子数据）", "value": examples}} if examples else None
     )
 
-    @router.get(
+    @operation(
+        router,
+        "GET",
         base,
         response_model=page_model,
         tags=tags,
@@ -94,14 +107,16 @@ def add_crud_routes(
             f"可排序字段: {', '.join(spec.sort_fields)}。"
         ),
         operation_id=f"list_{spec.name}",
-        dependencies=[CanRead, SingleValuedQuery],
+        dependencies=[CanRead],
         responses=responses(422),
     )
     async def list_records(session: ReadSession, params: Annotated[Filters, Query()]) -> Response:
-        rows, cursor = await records.list_page(session, spec, params, core_rows=True)
+        rows, cursor = await records.list_page(session, spec, params)
         return page_response(spec, rows, cursor)
 
-    @router.post(
+    @operation(
+        router,
+        "POST",
         base,
         status_code=201,
         response_model=Public,
@@ -119,7 +134,9 @@ def add_crud_routes(
         record = await records.create(session, spec, body)
         return json_response(spec, record, 201, {"Location": f"{base}/{record.id}"})
 
-    @router.put(
+    @operation(
+        router,
+        "PUT",
         f"{base}/by-external-id/{{external_id}}",
         response_model=Public,
         tags=tags,
@@ -140,16 +157,18 @@ def add_crud_routes(
             str, Path(min_length=1, max_length=100, pattern=r"^[^/\s]+$", description="外部编号")
         ],
         body: Annotated[Create, Body(openapi_examples=create_examples)],
-        if_match: IfMatch,
+        if_match: IfMatch = None,
     ) -> Response:
         record, created = await records.put_by_external_id(
-            session, spec, external_id, body, if_match
+            session, spec, external_id, body, etags(if_match)
         )
         if created:
             return json_response(spec, record, 201, {"Location": f"{base}/{record.id}"})
         return json_response(spec, record)
 
-    @router.post(
+    @operation(
+        router,
+        "POST",
         f"{base}/batch",
         response_model=BatchResponse,
         tags=tags,
@@ -163,9 +182,9 @@ def add_crud_routes(
         dependencies=[CanWrite],
         responses=responses(422),
     )
-    async def batch_records(session: WriteSession, body: batch.BatchRequest) -> BatchResponse:
+    async def batch_records(session: WriteSession, body: batch.BatchRequest) -> Response:
         done = await batch.run(session, spec, body)
-        return BatchResponse(
+        answer = BatchResponse(
             items=[
                 BatchResponseItem(
                     **r.model_dump(), data=None if r.op == "delete" else spec.to_public(rec)
@@ -173,8 +192,11 @@ def add_crud_routes(
                 for r, rec in done
             ]
         )
+        return Response(answer.model_dump_json(), media_type=JSON)
 
-    @router.get(
+    @operation(
+        router,
+        "GET",
         item,
         response_model=Public,
         tags=tags,
@@ -185,16 +207,17 @@ def add_crud_routes(
         responses={**responses(404, 422), 304: {"description": "未变化 (not modified)"}},
     )
     async def get_record(
-        session: ReadSession, record_id: RecordId, if_none_match: IfNoneMatch
+        session: ReadSession, record_id: RecordId, if_none_match: IfNoneMatch = None
     ) -> Response:
         record = await records.read_row(session, spec, record_id)
-        if if_none_match is not None and (
-            "*" in if_none_match or records.etag(record) in if_none_match
-        ):
+        tags = none_match_tags(if_none_match)
+        if tags is not None and ("*" in tags or records.etag(record) in tags):
             return Response(status_code=304, headers={"ETag": records.etag(record)})
         return json_response(spec, record)
 
-    @router.get(
+    @operation(
+        router,
+        "GET",
         f"{item}/history",
         response_model=list[ChangePublic],
         tags=tags,
@@ -204,13 +227,17 @@ def add_crud_routes(
         dependencies=[CanRead],
         responses=responses(404, 422),
     )
-    async def record_history(session: ReadSession, record_id: RecordId) -> list[ChangePublic]:
+    async def record_history(session: ReadSession, record_id: RecordId) -> Response:
         rows = await changes.history(session, spec.name, record_id)
         if not rows:
             raise NotFound(f"{spec.singular} {record_id} does not exist")
-        return [ChangePublic.from_row(r) for r in rows]
+        return Response(
+            HISTORY.dump_json([ChangePublic.from_row(r) for r in rows]), media_type=JSON
+        )
 
-    @router.patch(
+    @operation(
+        router,
+        "PATCH",
         item,
         response_model=Public,
         tags=tags,
@@ -225,12 +252,14 @@ def add_crud_routes(
         session: WriteSession,
         record_id: RecordId,
         body: Annotated[Update, Body()],
-        if_match: IfMatch,
+        if_match: IfMatch = None,
     ) -> Response:
-        record = await records.update(session, spec, record_id, body, if_match)
+        record = await records.update(session, spec, record_id, body, etags(if_match))
         return json_response(spec, record)
 
-    @router.delete(
+    @operation(
+        router,
+        "DELETE",
         item,
         status_code=204,
         tags=tags,
@@ -241,9 +270,9 @@ def add_crud_routes(
         responses=responses(404, 409, 412, 422),
     )
     async def delete_record(
-        session: WriteSession, record_id: RecordId, if_match: IfMatch
+        session: WriteSession, record_id: RecordId, if_match: IfMatch = None
     ) -> Response:
-        await records.delete(session, spec, record_id, if_match)
+        await records.delete(session, spec, record_id, etags(if_match))
         return Response(status_code=204)
 
 

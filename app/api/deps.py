@@ -18,13 +18,15 @@ from app.security import Forbidden, Principal, Unauthorized
 from app.services import user as user_service
 
 
-async def _read_session(request: Request) -> AsyncIterator[AsyncSession]:
+async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
     db: Database = request.app.state.db
     async with db.reader() as session:
         yield session
 
 
-async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
+async def write_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """For FastAPI's own routes: a session whose transactions SQLAlchemy runs. Resource routes
+    (`route.ResourceRoute`) run theirs on the driver instead (`Database.writing`)."""
     db: Database = request.app.state.db
     async with db.writer() as session:
         yield session
@@ -32,11 +34,9 @@ async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 # `scope="function"`: the session ends, and its connection goes back to the pool, when the route
 # returns, not after the response has been sent (FastAPI's default for `yield` dependencies): a
-# client reading a large page slowly would otherwise hold a pooled connection, and the others
-# queue behind it (the bench's feed pages, ~60 KB each, had a p99 of several times the median).
-# Nothing streams from these sessions: exports open their own.
-ReadSession = Annotated[AsyncSession, Depends(_read_session, scope="function")]
-WriteSession = Annotated[AsyncSession, Depends(_write_session, scope="function")]
+# client reading a large page slowly would otherwise hold a pooled connection.
+ReadSession = Annotated[AsyncSession, Depends(read_session, scope="function")]
+WriteSession = Annotated[AsyncSession, Depends(write_session, scope="function")]
 
 
 def etags(value: str | None) -> list[str] | None:
@@ -46,49 +46,37 @@ def etags(value: str | None) -> list[str] | None:
     return [tag.strip() for tag in value.split(",") if tag.strip()]
 
 
-async def _if_match(
-    if_match: Annotated[
-        str | None,
-        Header(
-            description='只在当前版本匹配时写入，如 `"3"`；不匹配返回 412 (optimistic concurrency)'
-        ),
-    ] = None,
-) -> list[str] | None:
-    return etags(if_match)
-
-
 def none_match_tags(value: str | None) -> list[str] | None:
     """The ETags of an `If-None-Match` header, compared weakly: W/"3" matches "3"."""
     tags = etags(value)
     return None if tags is None else [t.removeprefix("W/") for t in tags]
 
 
-async def _if_none_match(
-    if_none_match: Annotated[
-        str | None, Header(description="与当前 ETag 相同则返回 304 (conditional GET)")
-    ] = None,
-) -> list[str] | None:
-    return none_match_tags(if_none_match)
+IfMatch = Annotated[
+    str | None,
+    Header(description='只在当前版本匹配时写入，如 `"3"`；不匹配返回 412 (optimistic concurrency)'),
+]
+IfNoneMatch = Annotated[
+    str | None, Header(description="与当前 ETag 相同则返回 304 (conditional GET)")
+]
 
 
-IfMatch = Annotated[list[str] | None, Depends(_if_match)]
-IfNoneMatch = Annotated[list[str] | None, Depends(_if_none_match)]
+def decimal_json(body: bytes) -> Any:
+    """A JSON body with its numbers as Decimal, so `"amount": 30.1` never passes through a
+    float. JSON text is UTF-8 (RFC 8259): other bytes are a malformed body, answered like any
+    other JSON syntax error (422 naming the position)."""
+    try:
+        return loads(body, parse_float=Decimal)
+    except UnicodeDecodeError as exc:
+        text = body.decode("utf-8", errors="replace")
+        raise JSONDecodeError("the body is not UTF-8 text", text, exc.start) from exc
 
 
 class DecimalJSONRequest(Request):
     """Parses JSON numbers as Decimal, so `"amount": 30.1` never passes through a float."""
 
     async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            body = await self.body()
-            try:
-                self._json = loads(body, parse_float=Decimal)
-            except UnicodeDecodeError as exc:
-                # JSON text is UTF-8 (RFC 8259): other bytes are a malformed body, answered
-                # like any other JSON syntax error (422 naming the position), not a bare 400.
-                text = body.decode("utf-8", errors="replace")
-                raise JSONDecodeError("the body is not UTF-8 text", text, exc.start) from exc
-        return self._json
+        return decimal_json(await self.body())
 
 
 class DecimalRoute(APIRoute):
@@ -115,11 +103,12 @@ _bearer = HTTPBearer(
 )
 
 
-async def principal_from(app: Any, authorization: str | None, conn: Any = None) -> Principal | None:
+async def principal_from(
+    app: Any, authorization: str | None, session: AsyncSession | None = None
+) -> Principal | None:
     """Both schemes read the same `Authorization: Bearer` header; the token's shape tells which.
-    A service token is looked up on every request, so revoking it takes effect at once, on a
-    connection of its own that is returned before the route takes one (see `_principal`), or
-    on `conn`, a driver connection the caller holds (the fast read path's)."""
+    A service token is looked up on every request, so revoking it takes effect at once: on
+    `session` (the request's own connection), or on a connection of its own returned at once."""
     if authorization is None:
         return None
     scheme, _, token = authorization.partition(" ")
@@ -127,47 +116,50 @@ async def principal_from(app: Any, authorization: str | None, conn: Any = None) 
         raise Unauthorized("use Authorization: Bearer <token>")
     token = token.strip()
     if token.startswith(security.TOKEN_PREFIX):
-        return await user_service.principal_for_token(app.state.db, token, conn)
+        return await user_service.principal_for_token(app.state.db, token, session)
     return security.read_access_token(app.state.settings, token)
 
 
-async def caller_name(app: Any, headers: list[tuple[bytes, bytes]]) -> str | None:
-    """For middleware that must know the caller before routing (idempotency keys)."""
-    raw = dict(headers).get(b"authorization")
-    principal = await principal_from(app, raw.decode("latin-1") if raw is not None else None)
-    return principal.name if principal else None
+_CALLER = "principal"  # the request state's key for the caller once resolved
 
 
-async def _principal(
-    request: Request,
-    _staff: Annotated[str | None, Security(_oauth2)],
-    _service: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> Principal | None:
-    # A service token is checked on a connection of its own, returned to the pool at once, not
-    # on the route's session: a write route would otherwise hold two connections (the check's,
-    # kept until the response, and its writer's), and as many concurrent writes as the pool
-    # has connections deadlock, each holding one and waiting for another (seen in the bench:
-    # 32 concurrent creates against a pool of 30 stalled until the pool timeout).
-    return await principal_from(request.app, request.headers.get("authorization"))
+async def caller(request: Request, session: AsyncSession | None = None) -> Principal | None:
+    """Who is calling, resolved once per request and kept in the request's state, where the
+    routes, the idempotency keys and the limits all read the same principal."""
+    state = request.scope.setdefault("state", {})
+    if _CALLER not in state:
+        state[_CALLER] = await principal_from(
+            request.app, request.headers.get("authorization"), session
+        )
+    principal: Principal | None = state[_CALLER]
+    return principal
+
+
+def authorize(settings: Settings, principal: Principal | None, role: Role) -> Principal | None:
+    """Lets the caller through to an operation that needs `role`, and records it as the actor
+    of what the request writes."""
+    if principal is None:
+        if role == Role.viewer and settings.public_read:
+            context.actor.set("anonymous")
+            return None
+        raise Unauthorized()
+    if not principal.allows(role):
+        raise Forbidden(
+            f"this needs the {role.value} role; {principal.name} is {principal.role.value}"
+        )
+    context.actor.set(principal.name)
+    return principal
 
 
 def require(role: Role) -> Any:
     async def check(
-        request: Request, principal: Annotated[Principal | None, Depends(_principal)]
+        request: Request,
+        _staff: Annotated[str | None, Security(_oauth2)],
+        _service: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> Principal | None:
-        settings: Settings = request.app.state.settings
-        if principal is None:
-            if role == Role.viewer and settings.public_read:
-                context.actor.set("anonymous")
-                return None
-            raise Unauthorized()
-        if not principal.allows(role):
-            raise Forbidden(
-                f"this needs the {role.value} role; {principal.name} is {principal.role.value}"
-            )
-        context.actor.set(principal.name)
-        return principal
+        return authorize(request.app.state.settings, await caller(request), role)
 
+    check.role = role  # type: ignore[attr-defined]  # read by `route.ResourceRoute`
     return Depends(check)
 
 

@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
-from app.api.crud import page_response, tag
+from app.api.crud import operation, page_response, tag
 from app.api.deps import CanRead, ReadSession
 from app.errors import responses
 from app.models.common import MAX_ID, Page
@@ -17,7 +17,9 @@ router = APIRouter()
 _page: Any = Page[InvestmentPublic]
 
 
-@router.get(
+@operation(
+    router,
+    "GET",
     "/projects/{id}/investments",
     response_model=_page,
     tags=[tag(PROJECTS)],
@@ -37,7 +39,6 @@ async def list_project_investments(
         session,
         INVESTMENTS,
         params,
-        extra=[INVESTMENTS.column("project_id") == project_id],
-        core_rows=True,
+        within={"project_id": project_id},
     )
     return page_response(INVESTMENTS, rows, cursor)

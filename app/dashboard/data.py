@@ -3,12 +3,10 @@ lists through `records.list_page`, target progress through `services.target` (as
 `/chains/{id}/scorecard` and `/targets/{id}/progress`), sums through `services.stats` (as
 `/stats/investment`). No query of its own, so the page and the API never disagree."""
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.chain import Chain
@@ -48,14 +46,14 @@ async def _all(
     session: AsyncSession,
     spec: ResourceSpec,
     params: ListParams,
-    extra: Sequence[ColumnElement[bool]] = (),
+    within: dict[str, Any] | None = None,
 ) -> list[Any]:
     """Every live record of a list, page after page, exactly as `GET /{resource}` pages it."""
     rows: list[Any] = []
     cursor: str | None = None
     while True:
         page, cursor = await records.list_page(
-            session, spec, params.model_copy(update={"cursor": cursor}), extra
+            session, spec, params.model_copy(update={"cursor": cursor}), within
         )
         rows += page
         if cursor is None:
@@ -77,7 +75,7 @@ async def collect(session: AsyncSession, year: int | None, park_id: int | None) 
         session,
         TARGETS,
         TargetFilters(park_id=park.id, limit=500),
-        [TARGETS.column("chain_id").is_(None)],
+        within={"chain_id": None},
     )
     scoped: list[tuple[str, int | None, Target]] = [(park.name, None, t) for t in park_targets]
     for chain in chains:

@@ -2,6 +2,7 @@
 
 import re
 from copy import copy
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
@@ -185,6 +186,14 @@ class Page(BaseModel, Generic[T]):
     )
 
 
+@dataclass(frozen=True)
+class After:
+    """Marks a shared list parameter as a filter: rows whose `column` is later than its value
+    (`records.filter_conditions` applies every parameter so marked, on every resource)."""
+
+    column: str
+
+
 class ListParams(BaseModel):
     """Query parameters every list accepts; unknown parameters are refused."""
 
@@ -207,7 +216,7 @@ class ListParams(BaseModel):
     external_id: QueryText | None = Field(
         default=None, description="按外部系统编号精确查找 (exact external_id)"
     )
-    updated_after: AwareDatetime | None = Field(
+    updated_after: Annotated[AwareDatetime | None, After("updated_at")] = Field(
         default=None, description="只列出此时间之后更新的记录 (for catch-up sync)"
     )
     include_deleted: bool = Field(default=False, description="包含已删除的记录 (tombstones)")

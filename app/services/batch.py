@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import db
 from app.errors import AppError, FieldError, Invalid
 from app.models.common import MAX_ID
 from app.services import records
@@ -148,5 +149,5 @@ async def run(
             f"{len(failing)} of {len(request.items)} items failed (indexes {', '.join(map(str, failing))}); nothing was written",
             errors=errors,
         )
-    await session.commit()
+    await db.commit(session)
     return done

@@ -5,11 +5,11 @@ from datetime import datetime
 from typing import Any
 
 import pydantic_core
-from sqlalchemy import Text, bindparam, cast, func, insert, select
+from sqlalchemy import Integer, Text, bindparam, cast, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import context
-from app.db import execute_core, statement
+from app.db import run, statement
 from app.models.change import Change
 
 # PostgreSQL hands out sequence values at insert but makes rows visible at commit, so a poller
@@ -44,7 +44,7 @@ async def record(
         "data": data,
     }
     dialect = session.bind.dialect.name
-    await execute_core(session, statement(("change", dialect), lambda: _insert(dialect)), values)
+    await run(session, statement(("change", dialect), lambda: _insert(dialect)), values)
 
 
 def _insert(dialect: str) -> Any:
@@ -77,16 +77,25 @@ async def page_json(session: AsyncSession, seq: int, limit: int, resource: str |
     """A feed page as JSON (the `ChangePage` schema), with each entry's `data` passed through
     as the JSON text it was stored as: the feed is read far more often than written, and
     parsing every snapshot only to serialise it again was most of a page's cost."""
-    stmt = select(*_FEED_COLUMNS, cast(Change.data, Text)).where(Change.seq > seq)  # type: ignore[operator]
+
+    def build() -> Any:
+        table = Change.__table__  # type: ignore[attr-defined]
+        stmt = select(*_FEED_COLUMNS, cast(table.c.data, Text).label("data")).where(
+            table.c.seq > bindparam("after")
+        )
+        if resource is not None:
+            stmt = stmt.where(table.c.resource == bindparam("resource"))
+        return stmt.order_by(table.c.seq).limit(bindparam("limit", type_=Integer))
+
+    values: dict[str, Any] = {"after": seq, "limit": limit}
     if resource is not None:
-        stmt = stmt.where(Change.resource == resource)
-    stmt = stmt.order_by(Change.seq).limit(limit)  # type: ignore[arg-type]
-    return page_bytes((await session.execute(stmt)).all(), seq)
+        values["resource"] = resource
+    rows = await run(session, statement(("feed", resource is not None), build), values)
+    return page_bytes([tuple(r.values()) for r in rows], seq)
 
 
 def page_bytes(rows: Sequence[Sequence[Any]], seq: int) -> bytes:
-    """The `ChangePage` JSON of feed rows (`_FEED_COLUMNS` and the data as text) after `seq`;
-    shared with the fast read path, which reads the same columns on the driver."""
+    """The `ChangePage` JSON of feed rows (`_FEED_COLUMNS` and the data as text) after `seq`."""
     items = []
     for row in rows:
         head = pydantic_core.to_json(

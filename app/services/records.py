@@ -6,7 +6,7 @@ import base64
 import binascii
 import functools
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -29,15 +29,15 @@ from sqlalchemy import insert as sa_insert
 from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
-from app.db import execute_core, statement
+from app import db
+from app.db import Record, one, run, statement
 from app.db_types import ExactDecimal, UTCDateTime, utcnow
 from app.errors import Conflict, FieldError, Invalid, NotFound, PreconditionFailed
-from app.models.common import MAX_ID, ListParams
+from app.models.common import MAX_ID, After, ListParams
 from app.services import changes
 
 Hook = Callable[[AsyncSession, Any, dict[str, Any]], Awaitable[None]]
@@ -109,7 +109,7 @@ async def read_row(session: AsyncSession, spec: ResourceSpec, record_id: int) ->
         ("row", spec.name),
         lambda: select(table).where(table.c.id == bindparam("id"), table.c.deleted_at.is_(None)),
     )
-    row = (await execute_core(session, stmt, {"id": record_id})).one_or_none()
+    row = one(await run(session, stmt, {"id": record_id}))
     if row is None:
         raise NotFound(f"{spec.singular} {record_id} does not exist")
     return row
@@ -124,13 +124,12 @@ async def get_live(
         raise NotFound(f"{spec.singular} {record_id} does not exist")
 
     def build() -> Any:
-        stmt = select(spec.model).where(
-            spec.column("id") == bindparam("id"), spec.column("deleted_at").is_(None)
-        )
+        table = spec.table
+        stmt = select(table).where(table.c.id == bindparam("id"), table.c.deleted_at.is_(None))
         return stmt.with_for_update() if lock else stmt
 
     stmt = statement(("live", spec.name, lock), build)
-    record = (await session.execute(stmt, {"id": record_id})).scalar_one_or_none()
+    record = one(await run(session, stmt, {"id": record_id}))
     if record is None:
         raise NotFound(f"{spec.singular} {record_id} does not exist")
     return record
@@ -229,7 +228,7 @@ def _order(column: Any, desc: bool) -> UnaryExpression[Any]:
 
 
 def _after(column: Any, desc: bool, value: Any) -> ColumnElement[bool]:
-    """Rows strictly after `value` in this key's order."""
+    """Rows strictly after `value` (a bind parameter, or None) in this key's order."""
     if value is None:
         return column.is_not(None) if desc else false()
     if desc:
@@ -252,9 +251,10 @@ def _leading_bound(column: Any, desc: bool, value: Any) -> ColumnElement[bool] |
     return column <= value if desc else None
 
 
-def _keyset(
-    spec: ResourceSpec, keys: list[tuple[str, bool]], values: list[Any]
-) -> ColumnElement[bool]:
+def _keyset(spec: ResourceSpec, keys: list[tuple[str, bool]], nulls: tuple[bool, ...]) -> Any:
+    """Rows after the cursor, its values bound as `:k0`, `:k1`, …; a NULL value (`nulls`) is
+    part of the statement's shape, as SQL compares NULL only with IS."""
+    values = [None if null else bindparam(f"k{i}") for i, null in enumerate(nulls)]
     clauses = []
     for i, (name, desc) in enumerate(keys):
         same = [_equal(spec.column(k), v) for (k, _), v in zip(keys[:i], values[:i], strict=True)]
@@ -264,49 +264,99 @@ def _keyset(
     return keyset if bound is None else and_(bound, keyset)
 
 
-def filter_conditions(spec: ResourceSpec, params: ListParams) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
+def _like(text: str) -> str:
+    """`q` as a LIKE pattern matching it anywhere, its own `%`, `_` and `/` taken literally."""
+    return "%" + text.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+
+
+# The list parameters every resource shares; the others are per-resource column filters.
+SHARED_PARAMS = frozenset(ListParams.model_fields) - {"external_id"}
+# The shared ones that filter by time: parameter → column (declared on `ListParams`).
+AFTER = {
+    name: marker.column
+    for name, info in ListParams.model_fields.items()
+    for marker in info.metadata
+    if isinstance(marker, After)
+}
+
+
+def filter_conditions(
+    spec: ResourceSpec, params: ListParams, within: Mapping[str, Any] | None = None
+) -> tuple[list[Callable[[], ColumnElement[bool]]], dict[str, Any]]:
+    """The list's conditions, each as a builder of its expression with bind parameters, and the
+    values to bind: the builders make the statement once per shape, the values vary per call.
+    Every list parameter is read here (the shared ones, then the resource's own filters, then
+    `within`, a caller's fixed column equalities), so a new filter is added in this one place."""
+    built: list[Callable[[], ColumnElement[bool]]] = []
+    values: dict[str, Any] = {}
     if not params.include_deleted:
-        conditions.append(spec.column("deleted_at").is_(None))
-    if params.updated_after is not None:
-        conditions.append(spec.column("updated_at") > params.updated_after)
+        built.append(lambda: spec.column("deleted_at").is_(None))
+    for name, column in AFTER.items():
+        if (value := getattr(params, name)) is not None:
+            built.append(lambda column=column, name=name: spec.column(column) > bindparam(name))
+            values[name] = value
     if params.q:
-        conditions.append(
-            or_(*(spec.column(c).icontains(params.q, autoescape=True) for c in spec.search_fields))
+        built.append(
+            lambda: or_(
+                *(spec.column(c).ilike(bindparam("q"), escape="/") for c in spec.search_fields)
+            )
         )
-    common = set(ListParams.model_fields) - {"external_id"}
-    for name in params.model_fields_set - common:
+        values["q"] = _like(params.q)
+    for name in sorted(params.model_fields_set - SHARED_PARAMS):
         value = getattr(params, name)
         if value is None:
             continue
         op = spec.filter_ops.get(name)
-        conditions.append(op(value) if op else spec.column(name) == value)
-    return conditions
+        key = f"f_{name}"
+        built.append(
+            (lambda op=op, key=key: op(bindparam(key)))
+            if op
+            else (lambda name=name, key=key: spec.column(name) == bindparam(key))
+        )
+        values[key] = value
+    for name, value in sorted((within or {}).items()):
+        key = f"w_{name}"
+        if value is None:
+            built.append(lambda name=name: spec.column(name).is_(None))
+            continue
+        built.append(lambda name=name, key=key: spec.column(name) == bindparam(key))
+        values[key] = value
+    return built, values
 
 
 async def list_page(
     session: AsyncSession,
     spec: ResourceSpec,
     params: ListParams,
-    extra: Sequence[ColumnElement[bool]] = (),
-    *,
-    core_rows: bool = False,
-) -> tuple[list[Any], str | None]:
-    """A page in keyset order. `core_rows` returns Core rows (attribute access, no ORM
-    instances): enough for serialising, and cheaper per row."""
+    within: Mapping[str, Any] | None = None,
+) -> tuple[list[Record], str | None]:
+    """A page in keyset order. The statement is built once per shape of request (which
+    filters, which sort, whether and where a cursor sits) and run with this request's values."""
     keys = _parse_sort(spec, params.sort)
     sort = ",".join(("-" if d else "") + k for k, d in keys)
-    selected: Any = spec.table if core_rows else spec.model
-    stmt = select(selected).where(*filter_conditions(spec, params), *extra)
+    conditions, values = filter_conditions(spec, params, within)
+    nulls: tuple[bool, ...] | None = None
     if params.cursor:
-        stmt = stmt.where(_keyset(spec, keys, _decode_cursor(spec, params.cursor, sort, keys)))
-    stmt = stmt.order_by(*(_order(spec.column(k), d) for k, d in keys)).limit(params.limit + 1)
-    result = await session.execute(stmt)
-    rows = list(result.all() if core_rows else result.scalars())
+        after = _decode_cursor(spec, params.cursor, sort, keys)
+        nulls = tuple(v is None for v in after)
+        values.update({f"k{i}": v for i, v in enumerate(after) if v is not None})
+    values["limit"] = params.limit + 1
+
+    def build() -> Any:
+        stmt = select(spec.table).where(*(c() for c in conditions))
+        if nulls is not None:
+            stmt = stmt.where(_keyset(spec, keys, nulls))
+        return stmt.order_by(*(_order(spec.column(k), d) for k, d in keys)).limit(
+            bindparam("limit", type_=Integer)
+        )
+
+    unset = tuple(sorted(k for k, v in (within or {}).items() if v is None))
+    shape = ("page", spec.name, sort, tuple(sorted(values)), unset, nulls, params.include_deleted)
+    rows = await run(session, statement(shape, build), values)
     if len(rows) <= params.limit:
         return rows, None
     rows = rows[: params.limit]
-    return rows, _encode_cursor(sort, [getattr(rows[-1], k) for k, _ in keys])
+    return rows, _encode_cursor(sort, [rows[-1][k] for k, _ in keys])
 
 
 # ---------------------------------------------------------------- writing
@@ -354,9 +404,7 @@ async def _check_parents(session: AsyncSession, spec: ResourceSpec, data: dict[s
         return
     fks = tuple(fk for fk, _, _ in given)
     stmt = statement(("parents", spec.name, fks), lambda: _parents_statement(spec, fks))
-    found = (
-        (await execute_core(session, stmt, {fk: value for fk, _, value in given})).one()._mapping
-    )
+    found = (await run(session, stmt, {fk: value for fk, _, value in given}))[0]
     errors = []
     for fk, parent, parent_id in given:
         name = parent.__tablename__
@@ -379,10 +427,21 @@ async def _check_unique(
         values = {f: data.get(f) for f in fields}
         if any(v is None for v in values.values()):
             continue
-        stmt = select(spec.column("id")).where(*(spec.column(f) == v for f, v in values.items()))
+
+        def build(fields: tuple[str, ...] = fields) -> Any:
+            stmt = select(spec.column("id")).where(
+                *(spec.column(f) == bindparam(f"u_{f}") for f in fields)
+            )
+            if record_id is not None:
+                stmt = stmt.where(spec.column("id") != bindparam("u_id"))
+            return stmt.limit(1)
+
+        shape = ("unique", spec.name, fields, record_id is not None)
+        bound = {f"u_{f}": v for f, v in values.items()}
         if record_id is not None:
-            stmt = stmt.where(spec.column("id") != record_id)
-        other = await session.scalar(stmt.limit(1))
+            bound["u_id"] = record_id
+        found = one(await run(session, statement(shape, build), bound))
+        other = None if found is None else found.id
         if other is not None:
             shown = ", ".join(f"{f}={v}" for f, v in values.items())
             raise Conflict(
@@ -412,7 +471,7 @@ async def _execute_write(
     between the pre-check and this statement: PostgreSQL refuses the statement itself (and
     aborts the transaction), which is the same conflict as one found at commit."""
     try:
-        return await execute_core(session, stmt, params)
+        return await run(session, stmt, params)
     except IntegrityError as exc:
         raise _conflict(spec) from exc
 
@@ -423,7 +482,7 @@ def _conflict(spec: ResourceSpec) -> Conflict:
 
 async def _commit(session: AsyncSession, spec: ResourceSpec) -> None:
     try:
-        await session.commit()
+        await db.commit(session)
     except IntegrityError as exc:
         # Pre-checks catch what they can; a concurrent writer can still win the race.
         await session.rollback()
@@ -461,17 +520,15 @@ async def insert(
     # `INSERT … RETURNING` every column; the columns written are the parameters given.
     table = spec.table
     stmt = statement(("insert", spec.name), lambda: sa_insert(table).returning(*table.c))
-    record = (await _execute_write(session, spec, stmt, new_row(spec, data, utcnow()))).one()
+    record = (await _execute_write(session, spec, stmt, new_row(spec, data, utcnow())))[0]
     if spec.after_write:
         await spec.after_write(session, record, None)
     await log_change(session, spec, record, op)
     return record
 
 
-def _snapshot(record: Any) -> Any:
-    return type(record).model_construct(
-        **{c.key: getattr(record, c.key) for c in record.__table__.columns}
-    )
+def _snapshot(record: Record) -> Record:
+    return Record(record)
 
 
 async def apply_update(
@@ -508,8 +565,7 @@ async def _write(
         ("update", spec.name), lambda: sa_update(table).where(table.c.id == bindparam("_id"))
     )
     await _execute_write(session, spec, stmt, {**values, "_id": record.id})
-    for key, value in values.items():
-        set_committed_value(record, key, value)
+    record.update(values)
 
 
 async def live_children(
@@ -517,17 +573,16 @@ async def live_children(
 ) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for child in spec.children:
-        model: Any = child.model
-        ids = (
-            await session.scalars(
-                select(model.id)
-                .where(getattr(model, child.fk) == record_id, model.deleted_at.is_(None))
-                .order_by(model.id)
-                .limit(20)
-            )
-        ).all()
+
+        def build(child: Child = child) -> Any:
+            table = child.model.__table__  # type: ignore[attr-defined]
+            live = table.c[child.fk] == bindparam("parent"), table.c.deleted_at.is_(None)
+            return select(table.c.id).where(*live).order_by(table.c.id).limit(20)
+
+        stmt = statement(("children", spec.name, child.resource, child.fk), build)
+        ids = [row.id for row in await run(session, stmt, {"parent": record_id})]
         if ids:
-            found[child.resource] = list(ids)
+            found[child.resource] = ids
     return found
 
 
@@ -563,7 +618,8 @@ async def _fail_fast_if_stale(
             spec.column("id") == bindparam("id"), spec.column("deleted_at").is_(None)
         ),
     )
-    version = (await execute_core(session, stmt, {"id": record_id})).scalar()
+    row = one(await run(session, stmt, {"id": record_id}))
+    version = None if row is None else row.version
     if version is not None and f'"{version}"' not in if_match:
         raise PreconditionFailed(
             f"version {version} is current; the request was made against {', '.join(if_match)}",
@@ -619,8 +675,12 @@ async def put_by_external_id(
         raise Invalid.field("external_id", "differs from the external_id in the path")
     data = body.model_dump()
     data["external_id"] = external_id
-    stmt = select(spec.model).where(spec.column("external_id") == external_id).with_for_update()
-    record = (await session.execute(stmt)).scalar_one_or_none()
+    table = spec.table
+    stmt = statement(
+        ("by-external-id", spec.name),
+        lambda: select(table).where(table.c.external_id == bindparam("key")).with_for_update(),
+    )
+    record = one(await run(session, stmt, {"key": external_id}))
     if record is None:
         if if_match is not None and "*" in if_match:
             raise PreconditionFailed(f"no {spec.singular} has external_id {external_id}")

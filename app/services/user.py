@@ -7,13 +7,13 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import security
 from app.config import Settings
-from app.db import Database
+from app.db import Database, one, run, statement
 from app.db_types import utcnow
 from app.errors import Conflict, NotFound
 from app.models.common import MAX_ID
@@ -157,44 +157,39 @@ async def list_tokens(session: AsyncSession) -> list[ApiToken]:
     return list(await session.scalars(select(ApiToken).order_by(ApiToken.id)))
 
 
-# By primary key: on PostgreSQL straight on the driver's connection (see `principal_for_token`).
-_TOKEN_SQL = "SELECT token_hash, revoked_at, expires_at, name, scopes FROM api_token WHERE id = $1"
+def _token_statement() -> Any:
+    table = ApiToken.__table__  # type: ignore[attr-defined]
+    columns = ("token_hash", "revoked_at", "expires_at", "name", "scopes")
+    return select(*(table.c[c] for c in columns)).where(table.c.id == bindparam("id"))
 
 
-def _expiry(db: Database) -> Any:
-    """The expiry as SQLAlchemy would read it: SQLite stores a datetime as text."""
-    process = ApiToken.__table__.c.expires_at.type._cached_result_processor(  # type: ignore[attr-defined]
-        db.engine.dialect, None
-    )
-    return process or (lambda value: value)
-
-
-async def principal_for_token(db: Database, token: str, conn: Any = None) -> Principal:
+async def principal_for_token(
+    db: Database, token: str, session: AsyncSession | None = None
+) -> Principal:
     """The caller a service token names. It runs on every request such a token makes, so
-    revoking one takes effect at once: one statement on the driver's own connection
-    (SQLAlchemy's execution costs several times the query; issue 6), returned before the route
-    takes one (a route holding two would deadlock a full pool; see `deps._principal`).
-    `conn`: a driver connection the caller already holds (the fast paths')."""
+    revoking one takes effect at once: one prepared statement, on `session` (the request's
+    own) or on a connection of its own, returned at once."""
     parsed = security.parse_api_token(token)
     if parsed is None or not 1 <= parsed[0] <= MAX_ID:
         raise Unauthorized("invalid token")
     token_id, secret = parsed
-    if conn is not None:
-        record = await conn.fetchrow(_TOKEN_SQL, token_id)
+    stmt = statement(("token",), _token_statement)
+    if session is not None:
+        record = one(await run(session, stmt, {"id": token_id}))
     else:
-        async with db.driver_connection() as own:
-            record = await own.fetchrow(_TOKEN_SQL, token_id)
+        async with db.reader() as own:
+            record = one(await run(own, stmt, {"id": token_id}))
     if record is None:
         raise Unauthorized("invalid token")
-    token_hash, revoked_at, expires_at, name, scopes = record
-    if not security.digest_matches(secret, token_hash):
+    if not security.digest_matches(secret, record.token_hash):
         raise Unauthorized("invalid token")
-    if revoked_at is not None:
+    if record.revoked_at is not None:
         raise Unauthorized("token revoked")
-    if expires_at is not None and _expiry(db)(expires_at) <= utcnow():
+    if record.expires_at is not None and record.expires_at <= utcnow():
         raise Unauthorized("token expired")
+    scopes = record.scopes
     return Principal(
-        name=f"token:{name}",
+        name=f"token:{record.name}",
         role=security.role_of_scopes(json.loads(scopes) if isinstance(scopes, str) else scopes),
         kind="token",
     )
