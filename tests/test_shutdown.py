@@ -194,7 +194,9 @@ def _drain_under_load(
     assert first_503 < DRAIN_SECONDS and first_503 < stopped
     answered = [(t, s) for t, s in after if isinstance(s, int)]
     assert all(s == 503 for t, s in answered if t >= first_503), after
-    assert all(t >= DRAIN_SECONDS for t, s in after if not isinstance(s, int)), after
+    # (A probe sent as the drain ends may meet the stop; the balancer has taken the instance out.)
+    assert all(isinstance(s, int) for t, s in after if t < DRAIN_SECONDS - PROBE_EVERY_SECONDS)
+    assert any(t >= DRAIN_SECONDS / 2 for t, s in answered), after
     assert balancer.first_503 is not None
     problem = balancer.first_503
     assert problem.headers["content-type"].startswith("application/problem+json")
