@@ -108,14 +108,16 @@ class _Form:
         ]
 
     def records(self, rows: Iterable[Any]) -> list[Record]:
-        procs = self.results or [None] * len(self.keys)
-        return [
-            Record(
-                (key, value if proc is None or value is None else proc(value))
-                for key, proc, value in zip(self.keys, procs, row, strict=True)
-            )
-            for row in rows
-        ]
+        keys = self.keys
+        converted = [(k, p) for k, p in zip(keys, self.results or (), strict=False) if p]
+        out = []
+        for row in rows:
+            record = Record(zip(keys, row, strict=True))
+            for key, proc in converted:
+                if (value := record[key]) is not None:
+                    record[key] = proc(value)
+            out.append(record)
+        return out
 
 
 def _form(prepared: Prepared, params: dict[str, Any], dialect: Dialect) -> "_Form | None":
@@ -143,21 +145,40 @@ def _form(prepared: Prepared, params: dict[str, Any], dialect: Dialect) -> "_For
 
 class Executor:
     """Runs statements on one pooled connection: on its driver where a statement is prepared,
-    else through SQLAlchemy (`conn`). Its transaction, where it has one, is the driver's own
-    (`begin` … `commit`): SQLAlchemy's connection is in autocommit mode and never begins one."""
+    else through SQLAlchemy. Its transaction, where it has one, is the driver's own
+    (`Database.writing`): SQLAlchemy's connection is in autocommit mode and never begins one.
 
-    def __init__(self, conn: AsyncConnection, driver: Any) -> None:
+    It starts on SQLAlchemy's connection (`conn`), or, for `Database.reading`, on the pool's
+    connection alone (`raw`), which costs a fraction of SQLAlchemy's to check out and return;
+    the first statement SQLAlchemy must run swaps that for SQLAlchemy's connection (reads run
+    in autocommit, so nothing lies between the two), so a request never holds two."""
+
+    def __init__(
+        self, db: "Database", *, raw: Any = None, conn: AsyncConnection | None = None
+    ) -> None:
+        self.db = db
+        self.raw = raw
         self.conn = conn
-        self.driver = driver
-        self.dialect: Dialect = conn.dialect
+        self.owns_conn = False
+        self.driver: Any = raw.driver_connection if raw is not None else None
+        self.dialect: Dialect = db.engine.dialect
         self.sqlite = self.dialect.name == "sqlite"
+
+    async def connection(self) -> AsyncConnection:
+        """SQLAlchemy's connection, for the statements it runs."""
+        if self.conn is None:
+            self._release_raw(None)
+            self.conn = await self.db.autocommit.connect()
+            self.owns_conn = True
+            self.driver = (await self.conn.get_raw_connection()).driver_connection
+        return self.conn
 
     async def run(self, stmt: Any, params: dict[str, Any] | None = None) -> list[Record]:
         params = params or {}
         form = _form(stmt, params, self.dialect) if isinstance(stmt, Prepared) else None
         if form is None:
             target = stmt.stmt if isinstance(stmt, Prepared) else stmt
-            result = await self.conn.execute(target, params)
+            result = await (await self.connection()).execute(target, params)
             return [Record(m) for m in result.mappings()] if result.returns_rows else []
         args = form.args(params)
         try:
@@ -185,6 +206,42 @@ class Executor:
         if self.sqlite:
             return bool(self.driver.in_transaction)
         return bool(self.driver.is_in_transaction())
+
+    def closed(self) -> bool:
+        if self.sqlite:
+            try:
+                self.driver.in_transaction  # noqa: B018 (raises once the connection is closed)
+            except ValueError:
+                return True
+            return False
+        return bool(self.driver.is_closed())
+
+    def doubtful(self, failure: BaseException | None) -> bool:
+        """Whether the connection must not serve another request: cancelled or broken
+        mid-statement, closed, or still inside a transaction."""
+        return (
+            isinstance(failure, BROKEN)
+            or (failure is not None and not isinstance(failure, Exception))
+            or self.closed()
+            or self.in_transaction()
+        )
+
+    def _release_raw(self, failure: BaseException | None) -> None:
+        if self.raw is not None:
+            raw, self.raw = self.raw, None
+            if self.doubtful(failure):
+                raw.invalidate()
+            else:
+                raw.close()
+
+    async def release(self, failure: BaseException | None) -> None:
+        """Hands the connection back to the pool, or discards it if it is in doubt."""
+        self._release_raw(failure)
+        if self.conn is not None and self.owns_conn:
+            conn, self.conn = self.conn, None
+            if self.doubtful(failure):
+                await conn.invalidate()
+            await conn.close()
 
 
 def executor(session: AsyncSession) -> Executor | None:
@@ -377,13 +434,27 @@ class Database:
                 self.writing_task.discard(task)
 
     @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """The resource routes' reads: an `Executor` on a pooled connection, in autocommit,
+        behind a session bound to nothing (its statements go through `run`)."""
+        async with self._checkout():
+            runner = Executor(self, raw=await self.engine.raw_connection())
+            failure: BaseException | None = None
+            try:
+                yield AsyncSession(info={EXECUTOR: runner})
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                await runner.release(failure)
+
+    @asynccontextmanager
     async def _driven(self) -> AsyncIterator[AsyncSession]:
         """A session on one pooled connection in autocommit mode, with its `Executor`. A
-        connection left in doubt (cancelled, broken, or still in a transaction) is discarded
-        rather than handed to the next request."""
+        connection left in doubt is discarded rather than handed to the next request."""
         async with self._checkout(), self.autocommit.connect() as conn:
-            driver: Any = (await conn.get_raw_connection()).driver_connection
-            runner = Executor(conn, driver)
+            runner = Executor(self, conn=conn)
+            runner.driver = (await conn.get_raw_connection()).driver_connection
             failure: BaseException | None = None
             try:
                 async with AsyncSession(
@@ -394,15 +465,12 @@ class Database:
                 failure = exc
                 raise
             finally:
-                if (
-                    isinstance(failure, BROKEN)
-                    or (failure is not None and not isinstance(failure, Exception))
-                    or _closed(runner)
-                    or runner.in_transaction()
-                ):
+                if runner.doubtful(failure):
                     await conn.invalidate()
 
     def reader(self) -> Any:
+        """Reads of FastAPI's own routes and the command line: the session's ORM statements
+        run through SQLAlchemy, `run`'s prepared ones on the same connection's driver."""
         return self._driven()
 
     @asynccontextmanager
@@ -414,7 +482,7 @@ class Database:
                 yield session
                 await session.flush()
             except BaseException:
-                if not _closed(runner):
+                if not runner.closed():
                     # Refused or failed: nothing of it is kept. Where even the ROLLBACK fails,
                     # `_driven` discards the connection, still in its transaction.
                     with contextlib.suppress(Exception):
@@ -436,13 +504,3 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-
-
-def _closed(runner: Executor) -> bool:
-    if runner.sqlite:
-        try:
-            runner.driver.in_transaction  # noqa: B018 (raises once the connection is closed)
-        except ValueError:
-            return True
-        return False
-    return bool(runner.driver.is_closed())

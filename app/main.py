@@ -144,7 +144,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.route_class = DecimalRoute
     for spec in ALL:
         crud.add_crud_routes(app.router, spec, crud.model_example(spec.create), prefix=API_PREFIX)
-    for module in (auth, exchange, projects, changes, targets, stats):
+    for module in (projects, changes):
+        module.operations.register(app.router, API_PREFIX)
+    for module in (auth, exchange, targets, stats):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(ops.router)
     app.include_router(dashboard.router)

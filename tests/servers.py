@@ -51,6 +51,8 @@ def server(
     full_env = {
         **os.environ,
         "DATABASE_URL": database_url,
+        # Tests that stop a server have no balancer to drain for, unless they set one.
+        "SHUTDOWN_DRAIN_SECONDS": "0",
         "REGISTRY_ADMIN_PASSWORD": "admin-password-for-tests",
         **env,
     }

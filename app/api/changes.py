@@ -3,16 +3,16 @@
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import Query, Response
 
-from app.api.crud import operation
+from app.api.crud import Operations
 from app.api.deps import CanRead, ReadSession
 from app.errors import responses
 from app.models.change import ChangePage
 from app.resources import ALL
 from app.services import changes
 
-router = APIRouter()
+operations = Operations()
 # `seq` is a BIGINT: a larger `after` could never match, and the driver refuses to bind it.
 MAX_SEQ = 2**63 - 1
 MAX_FEED_PAGE = 1000
@@ -20,8 +20,7 @@ MAX_FEED_PAGE = 1000
 ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  # type: ignore[misc]
 
 
-@operation(
-    router,
+@operations(
     "GET",
     "/changes",
     response_model=ChangePage,

@@ -57,7 +57,9 @@ class BatchResponse(BaseModel):
 
 
 def operation(router: APIRouter, method: str, path: str, **options: Any) -> Callable[[Any], Any]:
-    """Registers the decorated endpoint as a `ResourceRoute` (the lean request path)."""
+    """Registers the decorated endpoint as a `ResourceRoute` (the lean request path), on the
+    application's own router: `ResourceRoute.matches` reads the route's full path, which an
+    included router's routes do not carry."""
 
     def register(endpoint: Any) -> Any:
         router.add_api_route(
@@ -66,6 +68,25 @@ def operation(router: APIRouter, method: str, path: str, **options: Any) -> Call
         return endpoint
 
     return register
+
+
+class Operations:
+    """Resource operations a module declares, registered by `main` on the application's
+    router under the API prefix (see `operation`)."""
+
+    def __init__(self) -> None:
+        self.declared: list[tuple[str, str, Any, dict[str, Any]]] = []
+
+    def __call__(self, method: str, path: str, **options: Any) -> Callable[[Any], Any]:
+        def declare(endpoint: Any) -> Any:
+            self.declared.append((method, path, endpoint, options))
+            return endpoint
+
+        return declare
+
+    def register(self, router: APIRouter, prefix: str) -> None:
+        for method, path, endpoint, options in self.declared:
+            operation(router, method, prefix + path, **options)(endpoint)
 
 
 def tag(spec: ResourceSpec) -> str:

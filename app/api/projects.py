@@ -2,9 +2,9 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import Path, Query, Response
 
-from app.api.crud import operation, page_response, tag
+from app.api.crud import Operations, page_response, tag
 from app.api.deps import CanRead, ReadSession
 from app.errors import responses
 from app.models.common import MAX_ID, Page
@@ -13,12 +13,11 @@ from app.resources import INVESTMENTS, PROJECTS, InvestmentFilters
 from app.services import records
 from app.services.project import HEADLINE_RULE
 
-router = APIRouter()
+operations = Operations()
 _page: Any = Page[InvestmentPublic]
 
 
-@operation(
-    router,
+@operations(
     "GET",
     "/projects/{id}/investments",
     response_model=_page,

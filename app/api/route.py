@@ -30,6 +30,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
 
 from app.api import deps
 from app.errors import Invalid
@@ -99,6 +101,17 @@ def _errors(exc: ValidationError, *loc: Any) -> list[dict[str, Any]]:
 
 
 class ResourceRoute(APIRoute):
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        """Starlette's match, after a test of the path's fixed part that rules most routes out
+        at once: the router tries its routes in turn, and a full match per route was a
+        noticeable part of a short read's cost."""
+        if scope["type"] == "http" and not scope.get("root_path"):
+            head, brace, _ = self.path.partition("{")
+            path = scope["path"]
+            if not (path.startswith(head) if brace else path == head):
+                return Match.NONE, {}
+        return super().matches(scope)
+
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         inputs = _inputs(self.endpoint)
         roles = [getattr(d.dependency, "role", None) for d in self.dependencies]
@@ -113,7 +126,7 @@ class ResourceRoute(APIRoute):
             # The body is read before a connection is taken: a slow upload holds none.
             body = await request.body() if wants_body else b""
             db = request.app.state.db
-            async with db.writing() if writes else db.reader() as session:
+            async with db.writing() if writes else db.reading() as session:
                 principal = await deps.caller(request, session)
                 deps.authorize(request.app.state.settings, principal, role)
                 arguments = _arguments(request, inputs, body, session)

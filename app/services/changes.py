@@ -9,7 +9,7 @@ from sqlalchemy import Integer, Text, bindparam, cast, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import context
-from app.db import run, statement
+from app.db import Record, run, statement
 from app.models.change import Change
 
 # PostgreSQL hands out sequence values at insert but makes rows visible at commit, so a poller
@@ -117,13 +117,18 @@ def page_bytes(rows: Sequence[Sequence[Any]], seq: int) -> bytes:
     return b'{"items":[' + b",".join(items) + b'],"last_seq":' + str(last_seq).encode() + b"}"
 
 
-async def history(session: AsyncSession, resource: str, record_id: int) -> list[Change]:
-    stmt = (
-        select(Change)
-        .where(Change.resource == resource, Change.record_id == record_id)
-        .order_by(Change.seq)  # type: ignore[arg-type]
+async def history(session: AsyncSession, resource: str, record_id: int) -> list[Record]:
+    def build() -> Any:
+        table = Change.__table__  # type: ignore[attr-defined]
+        return (
+            select(table)
+            .where(table.c.resource == bindparam("resource"), table.c.record_id == bindparam("id"))
+            .order_by(table.c.seq)
+        )
+
+    return await run(
+        session, statement(("history",), build), {"resource": resource, "id": record_id}
     )
-    return list(await session.scalars(stmt))
 
 
 def parse_time(value: str) -> datetime:

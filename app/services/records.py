@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, PlainSerializer, WrapSerializer, computed_field
 from sqlalchemy import (
     Boolean,
     ColumnElement,
@@ -86,15 +86,40 @@ class ResourceSpec:
         return self.public_of(record).model_dump(mode="json")
 
     def public_of(self, record: Any) -> BaseModel:
-        """The public model of an ORM record or a Core row. Straight through the pydantic-core
-        validator: SQLModel's `model_validate` costs about twice as much per record."""
-        validated: BaseModel = self.public.__pydantic_validator__.validate_python(
+        """The public representation of a row, a `Record` or an ORM record."""
+        out = plain_model(self.public)
+        validated: BaseModel = out.__pydantic_validator__.validate_python(
             record, from_attributes=True
         )
         return validated
 
     def public_json(self, record: Any) -> bytes:
-        return self.public.__pydantic_serializer__.to_json(self.public_of(record))
+        public = self.public_of(record)
+        return public.__pydantic_serializer__.to_json(public)
+
+
+@functools.cache
+def plain_model(public: type[BaseModel]) -> type[BaseModel]:
+    """`public` as a plain pydantic model for writing records out: the same fields, types,
+    serialisers and computed fields, so the same JSON, without SQLModel's own `__init__`
+    (which validated each record twice) and without input validators: these were most of a
+    list page's CPU (bench/README.md). The public model stays what OpenAPI documents, and a
+    test holds the two to the same JSON for every resource."""
+    namespace: dict[str, Any] = {
+        "__annotations__": {},
+        "__module__": public.__module__,
+        "model_config": ConfigDict(from_attributes=True),
+    }
+    for name, info in public.model_fields.items():
+        # Only how a field is written out: the values come from the database, already of their
+        # type, and the input validators (stripping, range checks) were paid for on the way in.
+        writers = [m for m in info.metadata if isinstance(m, PlainSerializer | WrapSerializer)]
+        annotation = Annotated[info.annotation, *writers] if writers else info.annotation
+        namespace["__annotations__"][name] = annotation
+        namespace[name] = None
+    for name, computed in public.__pydantic_computed_fields__.items():
+        namespace[name] = computed_field(computed.wrapped_property)
+    return type(f"{public.__name__}Out", (BaseModel,), namespace)
 
 
 # ---------------------------------------------------------------- reading
