@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -135,7 +136,7 @@ class Idempotency:
             session.add(row)
             try:
                 await session.execute(
-                    delete(IdempotencyKey).where(IdempotencyKey.created_at < now - KEEP)
+                    delete(IdempotencyKey).where(col(IdempotencyKey.created_at) < now - KEEP)
                 )
                 await session.commit()
                 assert row.id is not None
@@ -144,7 +145,7 @@ class Idempotency:
                 await session.rollback()
         async with db.writer() as session:
             stmt = select(IdempotencyKey).where(
-                IdempotencyKey.scope == caller, IdempotencyKey.key == key
+                col(IdempotencyKey.scope) == caller, col(IdempotencyKey.key) == key
             )
             found = (await session.execute(stmt.with_for_update())).scalar_one_or_none()
             if found is None:  # purged between the two statements: treat as new
@@ -192,5 +193,5 @@ class Idempotency:
 
     async def _release(self, db: Database, row_id: int) -> None:
         async with db.writer() as session:
-            await session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row_id))
+            await session.execute(delete(IdempotencyKey).where(col(IdempotencyKey.id) == row_id))
             await session.commit()

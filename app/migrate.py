@@ -35,6 +35,9 @@ def head_revision() -> str | None:
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
         try:
-            return await conn.scalar(text("SELECT version_num FROM alembic_version"))
+            revision: str | None = await conn.scalar(
+                text("SELECT version_num FROM alembic_version")
+            )
+            return revision
         except Exception:  # no table yet: not migrated
             return None

@@ -73,10 +73,10 @@ async def _apply(session: AsyncSession, change: dict[str, Any]) -> ResourceSpec:
 
 async def _advance_sequences(session: AsyncSession, names: set[str]) -> None:
     """Explicit ids do not move PostgreSQL's sequences; keep them past the highest id."""
-    if session.bind.dialect.name != "postgresql":
+    if session.get_bind().dialect.name != "postgresql":
         return
     for spec in (BY_NAME[n] for n in sorted(names)):
-        table = spec.model.__tablename__  # type: ignore[attr-defined]
+        table = spec.model.__tablename__
         top = await session.scalar(select(func.max(spec.column("id"))))
         if top:
             await session.execute(

@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.errors import FieldError, Invalid
 from app.models.chain import Chain, ChainCreate, ChainPublic, ChainRole
@@ -41,7 +42,9 @@ async def same_park(session: AsyncSession, record: Any, data: dict[str, Any]) ->
         if key in known:  # read by the parent check of this same write
             other_park = known[key]
         else:
-            other_park = await session.scalar(select(model.park_id).where(model.id == ref))
+            other_park = await session.scalar(
+                select(col(model.park_id)).where(col(model.id) == ref)
+            )
         if other_park is not None and other_park != park_id:
             errors.append(
                 FieldError(

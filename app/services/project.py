@@ -5,6 +5,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.db_types import utcnow
 from app.models.investment import Investment, InvestmentKind
@@ -39,14 +40,14 @@ def headline(records: list[Investment]) -> tuple[Decimal | None, bool]:
 async def refresh_totals(session: AsyncSession, project_id: int) -> Project | None:
     """Recompute the project's derived figures; returns the project if they changed."""
     project = await session.scalar(
-        select(Project).where(Project.id == project_id).with_for_update()
+        select(Project).where(col(Project.id) == project_id).with_for_update()
     )
     if project is None:
         return None
     records = list(
         await session.scalars(
             select(Investment).where(
-                Investment.project_id == project_id, Investment.deleted_at.is_(None)
+                col(Investment.project_id) == project_id, col(Investment.deleted_at).is_(None)
             )
         )
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.models.chain import Chain
 from app.models.project import Project
@@ -28,24 +29,26 @@ async def investment(
     stmt = (
         select(
             key.label("key"),
-            func.count(Project.id).label("projects"),
-            func.count(Project.total_investment).label("with_investment"),
-            func.sum(Project.total_investment).label("total"),
-            func.sum(case((Project.investment_conflict.is_(True), 1), else_=0)).label(
+            func.count(col(Project.id)).label("projects"),
+            func.count(col(Project.total_investment)).label("with_investment"),
+            func.sum(col(Project.total_investment)).label("total"),
+            func.sum(case((col(Project.investment_conflict).is_(True), 1), else_=0)).label(
                 "conflicting"
             ),
         )
-        .where(Project.deleted_at.is_(None))
+        .where(col(Project.deleted_at).is_(None))
         .group_by(key)
         .order_by(key.asc().nulls_last())
     )
     if park_id is not None:
-        stmt = stmt.where(Project.park_id == park_id)
+        stmt = stmt.where(col(Project.park_id) == park_id)
     rows = (await session.execute(stmt)).all()
     labels: dict[Any, str] = {}
     if group_by == GroupBy.chain:
         ids = [r.key for r in rows if r.key is not None]
-        found = await session.execute(select(Chain.id, Chain.name).where(Chain.id.in_(ids)))
+        found = await session.execute(
+            select(col(Chain.id), col(Chain.name)).where(col(Chain.id).in_(ids))
+        )
         labels = {chain_id: name for chain_id, name in found}
     return [
         {

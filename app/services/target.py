@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app.models.enterprise import Enterprise
 from app.models.project import LANDED_STAGES, Project, Stage
@@ -74,35 +75,35 @@ async def progress(session: AsyncSession, target: Target, year: int) -> Progress
     result = Progress(target=target, year=year, rule=RULES[metric], computable=True)
     stmt: Any
     if metric == Metric.key_projects:
-        stmt = select(Project.id, Project.name).where(
+        stmt = select(col(Project.id), col(Project.name)).where(
             *_scope(Project, target),
-            Project.is_key.is_(True),
-            Project.year == year,
-            Project.stage != Stage.cancelled,
+            col(Project.is_key).is_(True),
+            col(Project.year) == year,
+            col(Project.stage) != Stage.cancelled,
         )
         kind = "projects"
     elif metric == Metric.projects_over_100m:
-        stmt = select(Project.id, Project.name).where(
+        stmt = select(col(Project.id), col(Project.name)).where(
             *_scope(Project, target),
-            Project.year == year,
-            Project.stage.in_(LANDED_STAGES),
-            Project.total_investment >= OVER_100M,
+            col(Project.year) == year,
+            col(Project.stage).in_(LANDED_STAGES),
+            col(Project.total_investment) >= OVER_100M,
         )
         kind = "projects"
     elif metric == Metric.leading_enterprises:
-        stmt = select(Enterprise.id, Enterprise.name).where(
+        stmt = select(col(Enterprise.id), col(Enterprise.name)).where(
             *_scope(Enterprise, target),
-            Enterprise.is_leading.is_(True),
-            Enterprise.landed_year == year,
+            col(Enterprise.is_leading).is_(True),
+            col(Enterprise.landed_year) == year,
         )
         kind = "enterprises"
     elif metric in (Metric.high_tech_enterprises, Metric.above_scale_enterprises):
         flag = (
-            Enterprise.is_high_tech
+            col(Enterprise.is_high_tech)
             if metric == Metric.high_tech_enterprises
-            else Enterprise.is_above_scale
+            else col(Enterprise.is_above_scale)
         )
-        stmt = select(Enterprise.id, Enterprise.name).where(
+        stmt = select(col(Enterprise.id), col(Enterprise.name)).where(
             *_scope(Enterprise, target), flag.is_(True)
         )
         kind = "enterprises"
@@ -118,7 +119,7 @@ async def progress(session: AsyncSession, target: Target, year: int) -> Progress
 async def chain_targets(session: AsyncSession, chain_id: int) -> list[Target]:
     stmt = (
         select(Target)
-        .where(Target.chain_id == chain_id, Target.deleted_at.is_(None))
-        .order_by(Target.id)
+        .where(col(Target.chain_id) == chain_id, col(Target.deleted_at).is_(None))
+        .order_by(col(Target.id))
     )
     return list(await session.scalars(stmt))

@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped
+from sqlmodel import col
 
 from app import security
 from app.config import Settings
@@ -26,7 +28,10 @@ ADMIN = "admin"
 
 
 async def create_user(session: AsyncSession, body: UserCreate) -> User:
-    if await session.scalar(select(User.id).where(User.username == body.username)) is not None:
+    if (
+        await session.scalar(select(col(User.id)).where(col(User.username) == body.username))
+        is not None
+    ):
         raise Conflict(f"user '{body.username}' already exists")
     now = utcnow()
     user = User(
@@ -46,7 +51,7 @@ async def create_user(session: AsyncSession, body: UserCreate) -> User:
 
 
 async def update_user(session: AsyncSession, user_id: int, body: UserUpdate) -> User:
-    user = await session.scalar(select(User).where(User.id == user_id).with_for_update())
+    user = await session.scalar(select(User).where(col(User.id) == user_id).with_for_update())
     if user is None:
         raise NotFound(f"user {user_id} does not exist")
     if body.password is not None:
@@ -61,14 +66,17 @@ async def update_user(session: AsyncSession, user_id: int, body: UserUpdate) -> 
 
 
 async def list_users(session: AsyncSession) -> list[User]:
-    return list(await session.scalars(select(User).order_by(User.id)))
+    return list(await session.scalars(select(User).order_by(col(User.id))))
 
 
 async def ensure_admin(db: Database, settings: Settings) -> str | None:
     """Make sure a user `admin` exists; returns a generated password (to show once), if any."""
     try:
         async with db.reader() as session:
-            if await session.scalar(select(User.id).where(User.username == ADMIN)) is not None:
+            if (
+                await session.scalar(select(col(User.id)).where(col(User.username) == ADMIN))
+                is not None
+            ):
                 return None
     except (OperationalError, ProgrammingError):
         log.warning("no user table yet (run `python -m app migrate`); admin not ensured")
@@ -85,12 +93,12 @@ async def ensure_admin(db: Database, settings: Settings) -> str | None:
 
 
 async def _failures_since(
-    session: AsyncSession, column: object, value: str, since: datetime
+    session: AsyncSession, column: Mapped[str], value: str, since: datetime
 ) -> list[datetime]:
     stmt = (
-        select(LoginFailure.at)
-        .where(column == value, LoginFailure.at > since)
-        .order_by(LoginFailure.at)
+        select(col(LoginFailure.at))
+        .where(column == value, col(LoginFailure.at) > since)
+        .order_by(col(LoginFailure.at))
     )
     return list(await session.scalars(stmt))
 
@@ -101,14 +109,17 @@ async def authenticate(
     """The user, or 401; 429 with Retry-After once too many logins failed within a minute."""
     now = utcnow()
     since = now - WINDOW
-    for column, value in ((LoginFailure.username, username), (LoginFailure.address, address)):
+    for column, value in (
+        (col(LoginFailure.username), username),
+        (col(LoginFailure.address), address),
+    ):
         recent = await _failures_since(session, column, value, since)
         if len(recent) >= settings.login_failures_per_minute:
             wait = max(1, math.ceil((recent[0] + WINDOW - now).total_seconds()))
             raise TooManyRequests(
                 "too many failed logins; try again later", headers={"Retry-After": str(wait)}
             )
-    user = await session.scalar(select(User).where(User.username == username))
+    user = await session.scalar(select(User).where(col(User.username) == username))
     ok = (
         user is not None
         and user.is_active
@@ -117,7 +128,9 @@ async def authenticate(
     if ok and user is not None:
         return user
     session.add(LoginFailure(username=username[:100], address=address[:64], at=now))
-    await session.execute(delete(LoginFailure).where(LoginFailure.at < now - timedelta(days=1)))
+    await session.execute(
+        delete(LoginFailure).where(col(LoginFailure.at) < now - timedelta(days=1))
+    )
     await session.commit()
     raise Unauthorized("wrong username or password")
 
@@ -125,7 +138,10 @@ async def authenticate(
 async def create_token(
     session: AsyncSession, body: TokenCreate, created_by: str | None
 ) -> tuple[ApiToken, str]:
-    if await session.scalar(select(ApiToken.id).where(ApiToken.name == body.name)) is not None:
+    if (
+        await session.scalar(select(col(ApiToken.id)).where(col(ApiToken.name) == body.name))
+        is not None
+    ):
         raise Conflict(f"a token named '{body.name}' already exists")
     record = ApiToken(
         name=body.name,
@@ -144,7 +160,9 @@ async def create_token(
 
 
 async def revoke_token(session: AsyncSession, token_id: int) -> ApiToken:
-    record = await session.scalar(select(ApiToken).where(ApiToken.id == token_id).with_for_update())
+    record = await session.scalar(
+        select(ApiToken).where(col(ApiToken.id) == token_id).with_for_update()
+    )
     if record is None:
         raise NotFound(f"token {token_id} does not exist")
     if record.revoked_at is None:
@@ -154,7 +172,7 @@ async def revoke_token(session: AsyncSession, token_id: int) -> ApiToken:
 
 
 async def list_tokens(session: AsyncSession) -> list[ApiToken]:
-    return list(await session.scalars(select(ApiToken).order_by(ApiToken.id)))
+    return list(await session.scalars(select(ApiToken).order_by(col(ApiToken.id))))
 
 
 def _token_statement() -> Any:
