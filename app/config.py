@@ -17,9 +17,8 @@ class Settings(BaseSettings):
 
     database_url: str = f"sqlite:///{DEFAULT_SQLITE_PATH}"
     # A fixed pool (no overflow), like the bench's reference: requests beyond it wait their turn
-    # (FIFO) for a connection. Measured at 32 concurrent clients (feed pages): 20 + 0 gave a
-    # p99 of ~160 ms, 30 + 0 ~550 ms, 20 + 10 (overflow connections opened and closed under
-    # load) 0.8-1.4 s, at the same or lower throughput.
+    # (FIFO) for a connection; overflow connections opened and closed under load made the tail
+    # longer at no gain in throughput (bench/README.md).
     db_pool_size: int = 20
     db_max_overflow: int = 0
     docs_enabled: bool = True
@@ -33,7 +32,7 @@ class Settings(BaseSettings):
     public_read: bool = False
     registry_admin_password: str | None = None
     max_body_bytes: int = 1024 * 1024
-    # The spreadsheet import's own cap (a CSV of 100,000 projects is about 26 MiB).
+    # The spreadsheet import's own cap: large enough for a whole park's export.
     import_max_body_bytes: int = 64 * 1024 * 1024
     login_failures_per_minute: int = 10
     # On SIGTERM /readyz answers 503 this long while requests are still served, so that balancers

@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs: dict[str, Any] = (
         {} if settings.docs_enabled else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     )
-    app = factory(
+    app: FastAPI = factory(
         title="园区招商项目登记 Park Investment Registry",
         version="1.0.0",
         description=DESCRIPTION,
@@ -135,11 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
 
-    # Routes are registered on the application's own router, not through a nested APIRouter:
-    # FastAPI matches an included router by scanning all its routes twice per request, which the
-    # bench measured at ~20% of a GET's CPU with ~100 routes.
-    # The records' own routes come first: FastAPI 0.165 tries an included router by scanning its
-    # routes, which the bench measured at ~8% of a create's CPU when they came before these.
+    # The resource routes are registered on the application's own router, first: the router
+    # tries routes in turn, and an included router's routes cost more to try (bench/README.md).
     # (No path of one matches a path of the other: ids are `{id:int}`.)
     app.router.route_class = DecimalRoute
     for spec in ALL:
@@ -154,9 +151,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = errors.problems_in_openapi(FastAPI.openapi(app))
-        return app.openapi_schema
+        schema: dict[str, Any] = app.openapi_schema
+        return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI documents overriding it so
     logging.getLogger("app").setLevel(settings.log_level.upper())
     return app
 

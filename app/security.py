@@ -48,7 +48,7 @@ class Principal:
 
 
 async def hash_password(password: str) -> str:
-    # Argon2 takes ~0.1 s of CPU on purpose: off the event loop.
+    # Argon2 is slow on purpose: off the event loop.
     return await to_thread.run_sync(_hasher.hash, password)
 
 

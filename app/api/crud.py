@@ -103,7 +103,7 @@ def add_crud_routes(
     Create: Any = spec.create
     Update: Any = spec.update
     Filters: Any = spec.filters
-    page_model: Any = Page[Public]  # type: ignore[valid-type]
+    page_model: Any = Page[Public]
     base = f"{prefix}/{spec.name}"
     # `:int` so that a sibling path (`/parks/batch`, `/projects/export`) with another method
     # is answered 405 by the router instead of reaching this route as a malformed id (422).
@@ -343,6 +343,6 @@ def model_example(model: type[BaseModel]) -> dict[str, Any]:
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         examples = info.examples or extra.get("examples")
-        if examples:
+        if isinstance(examples, list) and examples:
             out[name] = examples[0]
     return out

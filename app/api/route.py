@@ -20,7 +20,7 @@ check (`deps.require`). Anything else is refused when the app is built, not at r
 """
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
@@ -81,7 +81,7 @@ def _inputs(endpoint: Callable[..., Any]) -> list[_Input]:
                 type(marker)
             ]
             alias = marker.alias or (name.replace("_", "-") if kind == "header" else name)
-            adapter: TypeAdapter[Any] = TypeAdapter(Annotated[base, marker])
+            adapter: TypeAdapter[Any] = TypeAdapter(Annotated[base, marker])  # type: ignore[arg-type]  # a type built at run time
             if marker.default is not ... and not marker.is_required():
                 default = marker.default
             found.append(
@@ -112,7 +112,7 @@ class ResourceRoute(APIRoute):
                 return Match.NONE, {}
         return super().matches(scope)
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         inputs = _inputs(self.endpoint)
         roles = [getattr(d.dependency, "role", None) for d in self.dependencies]
         if len(roles) != 1 or not isinstance(roles[0], Role):

@@ -51,7 +51,8 @@ class ChangePublic(BaseModel):
     data: dict[str, Any] | None = PydanticField(description="变更后的记录；删除时为空 (tombstone)")
 
     @classmethod
-    def from_row(cls, row: "Change") -> "ChangePublic":
+    def from_row(cls, row: Any) -> "ChangePublic":
+        """From a `Change`, or a row of the change table (`db.Record`)."""
         return cls(
             seq=row.seq or 0,
             resource=row.resource,

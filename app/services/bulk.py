@@ -106,9 +106,9 @@ def change_row(
 class ChangeLog:
     """Change-feed entries for many writes. The feed's lock (see `changes`) is held from the
     first entry to commit and blocks every other writer, so on PostgreSQL the entries wait in
-    a temporary file and go into the feed at the end, under the lock, by one COPY (100,000
-    entries: 0.6 s; inserted as they came, they held the lock for the whole import). SQLite
-    has one writer at a time, and takes them as they come."""
+    a temporary file and go into the feed at the end, under the lock, by one COPY (inserted as
+    they came, they held the lock for the whole import). SQLite has one writer at a time, and
+    takes them as they come."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session

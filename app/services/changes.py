@@ -43,7 +43,7 @@ async def record(
         "request_id": context.request_id.get(),
         "data": data,
     }
-    dialect = session.bind.dialect.name
+    dialect = session.get_bind().dialect.name
     await run(session, statement(("change", dialect), lambda: _insert(dialect)), values)
 
 
@@ -60,16 +60,16 @@ def _insert(dialect: str) -> Any:
     return stmt
 
 
-_FEED_COLUMNS = (
-    Change.seq,
-    Change.resource,
-    Change.record_id,
-    Change.external_id,
-    Change.op,
-    Change.version,
-    Change.changed_at,
-    Change.actor,
-    Change.request_id,
+_FEED_COLUMN_NAMES = (
+    "seq",
+    "resource",
+    "record_id",
+    "external_id",
+    "op",
+    "version",
+    "changed_at",
+    "actor",
+    "request_id",
 )
 
 
@@ -80,7 +80,8 @@ async def page_json(session: AsyncSession, seq: int, limit: int, resource: str |
 
     def build() -> Any:
         table = Change.__table__  # type: ignore[attr-defined]
-        stmt = select(*_FEED_COLUMNS, cast(table.c.data, Text).label("data")).where(
+        columns = [table.c[c] for c in _FEED_COLUMN_NAMES]
+        stmt = select(*columns, cast(table.c.data, Text).label("data")).where(
             table.c.seq > bindparam("after")
         )
         if resource is not None:

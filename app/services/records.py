@@ -249,20 +249,21 @@ def _decode_cursor(
 
 def _order(column: Any, desc: bool) -> UnaryExpression[Any]:
     # desc is the exact reverse of asc (nulls last), so the keyset below is one formula.
-    return column.desc().nulls_first() if desc else column.asc().nulls_last()
+    order: UnaryExpression[Any] = column.desc().nulls_first() if desc else column.asc().nulls_last()
+    return order
 
 
 def _after(column: Any, desc: bool, value: Any) -> ColumnElement[bool]:
     """Rows strictly after `value` (a bind parameter, or None) in this key's order."""
     if value is None:
         return column.is_not(None) if desc else false()
-    if desc:
-        return column < value
-    return or_(column > value, column.is_(None))
+    after: ColumnElement[bool] = column < value if desc else or_(column > value, column.is_(None))
+    return after
 
 
 def _equal(column: Any, value: Any) -> ColumnElement[bool]:
-    return column.is_(None) if value is None else column == value
+    equal: ColumnElement[bool] = column.is_(None) if value is None else column == value
+    return equal
 
 
 def _leading_bound(column: Any, desc: bool, value: Any) -> ColumnElement[bool] | None:
@@ -279,7 +280,7 @@ def _leading_bound(column: Any, desc: bool, value: Any) -> ColumnElement[bool] |
 def _keyset(spec: ResourceSpec, keys: list[tuple[str, bool]], nulls: tuple[bool, ...]) -> Any:
     """Rows after the cursor, its values bound as `:k0`, `:k1`, …; a NULL value (`nulls`) is
     part of the statement's shape, as SQL compares NULL only with IS."""
-    values = [None if null else bindparam(f"k{i}") for i, null in enumerate(nulls)]
+    values: list[Any] = [None if null else bindparam(f"k{i}") for i, null in enumerate(nulls)]
     clauses = []
     for i, (name, desc) in enumerate(keys):
         same = [_equal(spec.column(k), v) for (k, _), v in zip(keys[:i], values[:i], strict=True)]
@@ -305,6 +306,25 @@ AFTER = {
 }
 
 
+def _is_null(spec: ResourceSpec, name: str) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = spec.column(name).is_(None)
+    return condition
+
+
+def _equals(spec: ResourceSpec, name: str, key: str) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = spec.column(name) == bindparam(key)
+    return condition
+
+
+def _later(spec: ResourceSpec, column: str, key: str) -> ColumnElement[bool]:
+    condition: ColumnElement[bool] = spec.column(column) > bindparam(key)
+    return condition
+
+
+def _search(spec: ResourceSpec) -> ColumnElement[bool]:
+    return or_(*(spec.column(c).ilike(bindparam("q"), escape="/") for c in spec.search_fields))
+
+
 def filter_conditions(
     spec: ResourceSpec, params: ListParams, within: Mapping[str, Any] | None = None
 ) -> tuple[list[Callable[[], ColumnElement[bool]]], dict[str, Any]]:
@@ -315,17 +335,13 @@ def filter_conditions(
     built: list[Callable[[], ColumnElement[bool]]] = []
     values: dict[str, Any] = {}
     if not params.include_deleted:
-        built.append(lambda: spec.column("deleted_at").is_(None))
+        built.append(functools.partial(_is_null, spec, "deleted_at"))
     for name, column in AFTER.items():
         if (value := getattr(params, name)) is not None:
-            built.append(lambda column=column, name=name: spec.column(column) > bindparam(name))
+            built.append(functools.partial(_later, spec, column, name))
             values[name] = value
     if params.q:
-        built.append(
-            lambda: or_(
-                *(spec.column(c).ilike(bindparam("q"), escape="/") for c in spec.search_fields)
-            )
-        )
+        built.append(functools.partial(_search, spec))
         values["q"] = _like(params.q)
     for name in sorted(params.model_fields_set - SHARED_PARAMS):
         value = getattr(params, name)
@@ -334,17 +350,17 @@ def filter_conditions(
         op = spec.filter_ops.get(name)
         key = f"f_{name}"
         built.append(
-            (lambda op=op, key=key: op(bindparam(key)))
+            functools.partial(op, bindparam(key))
             if op
-            else (lambda name=name, key=key: spec.column(name) == bindparam(key))
+            else functools.partial(_equals, spec, name, key)
         )
         values[key] = value
     for name, value in sorted((within or {}).items()):
-        key = f"w_{name}"
         if value is None:
-            built.append(lambda name=name: spec.column(name).is_(None))
+            built.append(functools.partial(_is_null, spec, name))
             continue
-        built.append(lambda name=name, key=key: spec.column(name) == bindparam(key))
+        key = f"w_{name}"
+        built.append(functools.partial(_equals, spec, name, key))
         values[key] = value
     return built, values
 
@@ -432,7 +448,7 @@ async def _check_parents(session: AsyncSession, spec: ResourceSpec, data: dict[s
     found = (await run(session, stmt, {fk: value for fk, _, value in given}))[0]
     errors = []
     for fk, parent, parent_id in given:
-        name = parent.__tablename__
+        name = str(parent.__tablename__)
         if found[fk] is None:
             errors.append(
                 FieldError(field=fk, location="body", message=f"{name} {parent_id} does not exist")

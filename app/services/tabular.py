@@ -692,9 +692,8 @@ async def _matching(session: AsyncSession, table: Any, name: str, values: Collec
         return select(table).where(await _among(session, table.c[name], values))
     # SQLite: the values drive the join (a CROSS JOIN fixes that order), one index probe each.
     # With IN, or joined to whole rows, its statistics can make it scan the table instead: an
-    # index on a mostly empty column such as external_id looks useless to it (measured on
-    # 100,000 projects: 0.2 s per 1,000 keys by IN, 6 s per 100 joined to whole rows). So the
-    # index gives the ids, and the rows come by id.
+    # index on a mostly empty column such as external_id looks useless to it (bench/README.md).
+    # So the index gives the ids, and the rows come by id.
     probe = (
         f"SELECT t.id FROM json_each(:keys) AS k CROSS JOIN {table.name} AS t ON t.{name} = k.value"
     )
