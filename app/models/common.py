@@ -219,6 +219,9 @@ class ListParams(BaseModel):
     updated_after: Annotated[AwareDatetime | None, After("updated_at")] = Field(
         default=None, description="只列出此时间之后更新的记录 (for catch-up sync)"
     )
+    created_after: Annotated[AwareDatetime | None, After("created_at")] = Field(
+        default=None, description="只列出此时间之后新建的记录 (created after)"
+    )
     include_deleted: bool = Field(default=False, description="包含已删除的记录 (tombstones)")
 
 
