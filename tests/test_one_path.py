@@ -1,0 +1,284 @@
+"""The one request path (issue 15): what its parts promise, each shown on its own.
+
+- a shared list filter declared once on `ListParams` filters every resource;
+- records are written out exactly as their public model writes them;
+- the resource routes' handler is filled from the endpoint's signature once, and refuses at
+  build time what it cannot fill;
+- a service token is looked up once per request, even where the idempotency middleware needed
+  the caller before the route ran.
+"""
+
+import asyncio
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import asyncpg
+import pytest
+from fastapi import APIRouter, Depends
+from fastapi.testclient import TestClient
+
+from app.api.crud import operation
+from app.api.deps import CanRead, ReadSession
+from app.resources import ALL
+from app.services import records
+from app.services import user as user_service
+from tests.conftest import DatabaseFactory
+from tests.helpers import API, make_chain, make_enterprise, make_park, make_project, post
+
+
+def _one_of_each(client: TestClient) -> dict[str, dict[str, Any]]:
+    source = post(client, "sources", {"title": "齐鲁晚报", "publisher": "齐鲁壹点"})
+    park = make_park(client, source_id=source["id"])
+    chain = make_chain(client, park["id"])
+    enterprise = make_enterprise(client, park["id"], chain["id"], credit_code=None)
+    project = make_project(client, park["id"], chain_id=chain["id"], enterprise_id=enterprise["id"])
+    investment = post(
+        client,
+        "investments",
+        {"project_id": project["id"], "kind": "planned_total", "amount": "30", "unit": "亿元"},
+    )
+    target = post(
+        client,
+        "targets",
+        {
+            "park_id": park["id"],
+            "chain_id": chain["id"],
+            "metric": "key_projects",
+            "value": "100",
+            "unit": "个",
+            "period_start_year": 2021,
+            "recurrence": "annual",
+        },
+    )
+    return {
+        "sources": source,
+        "parks": park,
+        "chains": chain,
+        "enterprises": enterprise,
+        "projects": project,
+        "investments": investment,
+        "targets": target,
+    }
+
+
+def test_created_after_filters_every_resource(client: TestClient) -> None:
+    """`created_after` is one field on `ListParams`; every resource's list honours it."""
+    before = _one_of_each(client)
+    time.sleep(0.01)
+    cut = datetime.now(UTC).isoformat()
+    time.sleep(0.01)
+    after = _one_of_each_again(client, before)
+    for spec in ALL:
+        listed = client.get(f"{API}/{spec.name}", params={"created_after": cut, "limit": 500})
+        assert listed.status_code == 200, (spec.name, listed.text)
+        ids = [item["id"] for item in listed.json()["items"]]
+        assert ids == [after[spec.name]["id"]], spec.name
+        everything = client.get(f"{API}/{spec.name}", params={"limit": 500}).json()["items"]
+        assert before[spec.name]["id"] in [item["id"] for item in everything], spec.name
+    refused = client.get(f"{API}/projects", params={"created_after": "yesterday"})
+    assert refused.status_code == 422
+    assert refused.json()["field"] == "created_after"
+
+
+def _one_of_each_again(client: TestClient, first: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A second record of every resource, under the first park and chain where it needs one."""
+    park, chain = first["parks"], first["chains"]
+    second_park = make_park(client, name="枣庄经济开发区")
+    second_chain = make_chain(client, park["id"], code="li-battery", name="锂电")
+    enterprise = make_enterprise(client, park["id"], chain["id"], name="第二家企业")
+    project = make_project(client, park["id"], name="第二个项目", chain_id=chain["id"])
+    return {
+        "sources": post(client, "sources", {"title": "第二个来源"}),
+        "parks": second_park,
+        "chains": second_chain,
+        "enterprises": enterprise,
+        "projects": project,
+        "investments": post(
+            client,
+            "investments",
+            {"project_id": project["id"], "kind": "reported", "amount": "20", "unit": "亿元"},
+        ),
+        "targets": post(
+            client,
+            "targets",
+            {
+                "park_id": park["id"],
+                "metric": "key_projects",
+                "value": "100",
+                "unit": "个",
+                "period_start_year": 2022,
+                "recurrence": "annual",
+            },
+        ),
+    }
+
+
+def test_records_are_written_out_as_their_public_model_writes_them(client: TestClient) -> None:
+    """`records.plain_model` skips SQLModel's per-record work; the JSON must not change."""
+    _one_of_each(client)
+    for spec in ALL:
+        page = client.get(f"{API}/{spec.name}", params={"limit": 500})
+        assert page.status_code == 200
+        for item in page.json()["items"]:
+            raw = client.get(f"{API}/{spec.name}/{item['id']}")
+            model = spec.public.model_validate(raw.json())
+            assert raw.content == model.__pydantic_serializer__.to_json(model), spec.name
+            assert records.plain_model(spec.public).model_fields.keys() == (
+                spec.public.model_fields.keys()
+            )
+
+
+def test_a_resource_route_refuses_what_it_cannot_fill() -> None:
+    """A dependency other than the session and the role check is refused when the app is
+    built, not met at request time."""
+
+    async def extra() -> int:
+        return 1
+
+    async def endpoint(session: ReadSession, value: Annotated[int, Depends(extra)]) -> Any:
+        return None
+
+    with pytest.raises(TypeError, match="not supported"):
+        operation(APIRouter(), "GET", "/x", dependencies=[CanRead])(endpoint)
+    with pytest.raises(TypeError, match="one role check"):
+        operation(APIRouter(), "GET", "/y")(lambda: None)
+
+
+def test_a_service_token_is_looked_up_once_per_request(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller is resolved once per request: a read, a write, and a POST with an
+    Idempotency-Key (whose middleware needs the caller before the route runs) each look the
+    token up once. The real look-up runs; it is only counted."""
+    park = make_park(client)
+    calls: list[str] = []
+    real = user_service.principal_for_token
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append("lookup")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(user_service, "principal_for_token", counted)
+    assert client.get(f"{API}/parks/{park['id']}").status_code == 200
+    assert len(calls) == 1
+    assert client.patch(f"{API}/parks/{park['id']}", json={"city": "枣庄"}).status_code == 200
+    assert len(calls) == 2
+    keyed = client.post(
+        f"{API}/sources", json={"title": "一次"}, headers={"Idempotency-Key": "once-1"}
+    )
+    assert keyed.status_code == 201
+    assert len(calls) == 3
+    assert client.get(f"{API}/auth/me").status_code == 200  # one of FastAPI's own routes
+    assert len(calls) == 4
+
+
+def test_credentials_on_the_resource_routes(client: TestClient, tokens: dict[str, str]) -> None:
+    """Each credential judged as FastAPI's own routes judge it, on reads of a record, a page
+    and the feed; a token revoked between two requests is refused on the second."""
+    park = make_park(client)
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    login = client.post(
+        f"{API}/auth/token", data={"username": "viewer", "password": "viewer-password"}
+    )
+    made = client.post(f"{API}/tokens", json={"name": "soon-revoked", "scopes": ["read"]}).json()
+    cases = {
+        f"Bearer {tokens['read']}": 200,
+        f"Bearer {login.json()['access_token']}": 200,
+        f"bearer {tokens['read']}": 200,
+        f"Bearer {made['token']}": 200,
+        f"Bearer {tokens['read'][:-2]}xx": 401,
+        "Bearer pir_999_abcdef": 401,
+        "Bearer pir_99999999999_abcdef": 401,
+        "Bearer abc.def.ghi": 401,
+        "Basic dXNlcjpwYXNz": 401,
+        "Bearer ": 401,
+    }
+    paths = (f"{API}/parks/{park['id']}", f"{API}/parks?limit=3", f"{API}/changes?limit=3")
+    del client.headers["Authorization"]
+    for path in paths:
+        for value, status in cases.items():
+            answer = client.get(path, headers={"Authorization": value})
+            assert answer.status_code == status, (path, value, answer.text)
+            assert client.get(f"{API}/auth/me", headers={"Authorization": value}).status_code == (
+                status
+            )
+        assert client.get(path).status_code == 401  # no credentials
+    assert client.delete(f"{API}/tokens/{made['id']}", headers=admin).status_code == 204
+    revoked = {"Authorization": f"Bearer {made['token']}"}
+    assert client.get(paths[0], headers=revoked).status_code == 401
+    # A reader may read but not write, on the resource routes as on the others.
+    reader = {"Authorization": f"Bearer {tokens['read']}"}
+    assert client.post(f"{API}/sources", json={"title": "x"}, headers=reader).status_code == 403
+
+
+def test_a_key_taken_by_a_concurrent_writer_is_a_conflict(
+    client: TestClient, database_url: str, db_factory: DatabaseFactory
+) -> None:
+    """The pre-check passes while another transaction holds the same external_id uncommitted;
+    the INSERT then waits for it, and fails when it commits: 409, not 500, and the loser
+    leaves nothing behind."""
+    if db_factory.engine != "postgresql":
+        pytest.skip("SQLite writers take the database lock up front: no such race")
+    body = {"name": "并发园区", "level": "provincial", "external_id": "race"}
+    holder_ready, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        async def go() -> None:
+            conn = await asyncpg.connect(database_url)
+            try:
+                await conn.execute("BEGIN")
+                await conn.execute(
+                    "INSERT INTO park (external_id, version, created_at, updated_at, name,"
+                    " level) VALUES ('race', 1, now(), now(), '抢先', 'provincial')"
+                )
+                holder_ready.set()
+                await asyncio.to_thread(release.wait, 10)
+                await conn.execute("COMMIT")
+            finally:
+                await conn.close()
+
+        asyncio.run(go())
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holder_ready.wait(10)
+    result: dict[str, Any] = {}
+    writer = threading.Thread(
+        target=lambda: result.update(r=client.post(f"{API}/parks", json=body))
+    )
+    writer.start()
+    waited = _wait_for_lock_waiter(database_url)
+    release.set()
+    holder.join(10)
+    writer.join(10)
+    assert waited, "the write never waited on the other transaction's row: no race happened"
+    response = result["r"]
+    assert response.status_code == 409, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    parks = client.get(f"{API}/parks", params={"limit": 500}).json()["items"]
+    assert [p["name"] for p in parks if p["external_id"] == "race"] == ["抢先"]
+    assert not [p for p in parks if p["name"] == body["name"]]
+
+
+def _wait_for_lock_waiter(database_url: str, seconds: float = 10) -> bool:
+    """Whether a session of this database came to wait on a lock within `seconds`."""
+
+    async def waiting() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            found: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return found
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if asyncio.run(waiting()):
+            return True
+        time.sleep(0.05)
+    return False
