@@ -59,6 +59,7 @@ class Balancer(threading.Thread):
         self.out = threading.Event()
         self.done = threading.Event()
         self.probes: list[tuple[float, int | str]] = []  # (sent at, status or transport error)
+        self.answered: list[float] = []  # when each probe's answer came, in the same order
         self.first_503: httpx.Response | None = None
 
     def run(self) -> None:
@@ -69,8 +70,10 @@ class Balancer(threading.Thread):
                     answer = http.get("/readyz")
                 except httpx.TransportError as exc:  # after the drain: the server has gone
                     self.probes.append((sent, repr(exc)))
+                    self.answered.append(time.monotonic())
                     return
                 self.probes.append((sent, answer.status_code))
+                self.answered.append(time.monotonic())
                 if answer.status_code == 503 and self.first_503 is None:
                     self.first_503 = answer
                     self.out.set()
@@ -176,7 +179,10 @@ def _drain_under_load(
     failed = [o for o in outcomes if o.result != "completed"]
     in_flight = [o for o in outcomes if o.started < sigterm < o.ended]
     after_sigterm = [o for o in outcomes if o.started > sigterm]
-    before = [s for t, s in balancer.probes if t < sigterm]
+    # Answered before the signal was sent (one sent just before may be answered after it).
+    before = [
+        s for (_, s), a in zip(balancer.probes, balancer.answered, strict=True) if a < sigterm
+    ]
     after = [(t - sigterm, s) for t, s in balancer.probes if t > sigterm]
     first_503 = min(t for t, s in after if s == 503)
     print(
