@@ -106,13 +106,15 @@ class ResourceRoute(APIRoute):
         at once: the router tries its routes in turn, and a full match per route was a
         noticeable part of a short read's cost."""
         if scope["type"] == "http" and not scope.get("root_path"):
-            head, brace, _ = self.path.partition("{")
             path = scope["path"]
-            if not (path.startswith(head) if brace else path == head):
+            if not (path.startswith(self.head) if self.templated else path == self.head):
                 return Match.NONE, {}
         return super().matches(scope)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        # Called once, as the route is built: the path's fixed part, for `matches`.
+        self.head, brace, _ = self.path.partition("{")
+        self.templated = bool(brace)
         inputs = _inputs(self.endpoint)
         roles = [getattr(d.dependency, "role", None) for d in self.dependencies]
         if len(roles) != 1 or not isinstance(roles[0], Role):
