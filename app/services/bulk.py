@@ -1,6 +1,6 @@
 """Many records at once: what `records.insert` and `records.apply_update` write for one record
-(the same columns, versions, times and change-feed entries), in a few statements per chunk of
-rows. For resources without `prepare` / `after_write` hooks; the caller checks the rules first."""
+(the same columns, versions, times and change-feed entries, through the same functions), in a
+few statements per chunk of rows. The caller runs the rules and hooks (`records.check_rules`)."""
 
 import json
 import pickle
@@ -13,8 +13,9 @@ from sqlalchemy import String, bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel
 
+from app.db import Record
 from app.models.change import Change
-from app.services import changes
+from app.services import changes, records
 from app.services.records import ResourceSpec
 
 Row = dict[str, Any]  # a record's column values, by column name
@@ -25,9 +26,9 @@ def _table(model: type[SQLModel]) -> Any:
 
 
 def updated_row(spec: ResourceSpec, record: Any, changed: dict[str, Any], now: datetime) -> Row:
-    """The columns `records.apply_update` leaves: what changed, the next version, `now`."""
+    """The record's columns as `records.apply_update` leaves them (`records.next_version`)."""
     row = {column.key: getattr(record, column.key) for column in spec.table.columns}
-    row.update(changed, version=record.version + 1, updated_at=now)
+    row.update(records.next_version(record, changed, now))
     return row
 
 
@@ -88,19 +89,14 @@ assert {c.key for c in _table(Change).columns} == {"seq", *_FEED}
 def change_row(
     spec: ResourceSpec, row: Row, op: str, audit: tuple[str | None, str | None]
 ) -> tuple[Any, ...]:
-    """The change-feed entry `records.log_change` writes for this record, in `_FEED` order;
-    `audit` is (`context.actor`, `context.request_id`) of the write. Its data is already the
-    JSON text the JSON column would store (`json.dumps`, as SQLAlchemy encodes it)."""
-    return (
-        spec.name,
-        row["id"],
-        row["external_id"],
-        op,
-        row["version"],
-        row["updated_at"],  # the record's own time, as log_change has it
-        *audit,
-        json.dumps(spec.to_public(row)),
-    )
+    """The change-feed entry `records.log_change` writes for this record (`records.change_entry`),
+    in `_FEED` order; `audit` is (`context.actor`, `context.request_id`) of the write. Its data
+    is already the JSON text the JSON column would store (`json.dumps`, as SQLAlchemy encodes
+    it)."""
+    actor, request_id = audit
+    entry = records.change_entry(spec, Record(row), op)
+    entry.update(actor=actor, request_id=request_id, data=json.dumps(entry["data"]))
+    return tuple(entry[name] for name in _FEED)
 
 
 class ChangeLog:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Protocol, get_args
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, PlainSerializer, WrapSerializer, computed_field
@@ -95,8 +95,12 @@ class ResourceSpec:
         )
         return validated
 
+    @functools.cached_property
+    def plain_fields(self) -> tuple[list[str], list[tuple[str, Callable[[Any], Any]]]] | None:
+        return plain_fields(self.public, frozenset(self.table.c.keys()))
+
     def public_json(self, record: Any) -> bytes:
-        if isinstance(record, Record) and (fields := plain_fields(self.public)) is not None:
+        if isinstance(record, Record) and (fields := self.plain_fields) is not None:
             # The row's values as they are: see `plain_fields`.
             names, computed = fields
             out = {name: record[name] for name in names}
@@ -113,9 +117,8 @@ class ResourceSpec:
 _AS_PLAIN = {id(m) for m in get_args(DecimalString)[1:]}
 
 
-@functools.cache
 def plain_fields(
-    public: type[BaseModel],
+    public: type[BaseModel], columns: frozenset[str]
 ) -> tuple[list[str], list[tuple[str, Callable[[Any], Any]]]] | None:
     """The public model's fields and computed fields, where writing a row's own values as plain
     data (`pydantic_core.to_json`: Decimal and datetime as pydantic writes them, an enum column's
@@ -126,7 +129,6 @@ def plain_fields(
     decorators = public.__pydantic_decorators__
     if decorators.field_serializers or decorators.model_serializers:
         return None
-    columns = set(plain_model(public).model_fields)
     names = []
     for name, info in public.model_fields.items():
         if info.alias or info.serialization_alias or info.exclude or name not in columns:
@@ -136,10 +138,11 @@ def plain_fields(
             return None
         names.append(name)
     computed = []
-    for name, info in public.__pydantic_computed_fields__.items():
-        if info.alias and info.alias != name:
+    for name, computed_info in public.__pydantic_computed_fields__.items():
+        compute = computed_info.wrapped_property.fget
+        if compute is None or (computed_info.alias and computed_info.alias != name):
             return None
-        computed.append((name, info.wrapped_property.fget))
+        computed.append((name, compute))
     return names, computed
 
 
@@ -478,56 +481,65 @@ def _parents_statement(spec: ResourceSpec, fks: tuple[str, ...]) -> Any:
     return select(*columns)
 
 
-async def _check_parents(session: AsyncSession, spec: ResourceSpec, data: dict[str, Any]) -> None:
-    """Every parent named must exist and be live: one query for all of them, which also reads
-    each parent's park so that a `validate` hook of the same write need not ask again."""
-    parks_of: dict[tuple[str, int], Any] = {}
-    session.info[PARKS_OF] = parks_of  # for this write only: replaced by the next check
+class Known(Protocol):
+    """What a set-based writer (the spreadsheet import) has read of the registry for many rows
+    at once, so that `check_rules` asks the database nothing per row."""
+
+    @property
+    def parks(self) -> dict[tuple[str, int], Any]:
+        """(table, id) → the park of each parent read."""
+
+    def live(self, table: str, record_id: int) -> bool:
+        """Whether that record exists and is not deleted."""
+
+    def holder(self, name: str, value: Any) -> Any:
+        """The record that holds this value of a unique field, as the rows before leave it."""
+
+
+async def check_rules(
+    session: AsyncSession,
+    spec: ResourceSpec,
+    record: Any,
+    data: dict[str, Any],
+    known: Known | None = None,
+) -> None:
+    """What a write must pass before it is written, in this order: every parent it names
+    exists and is live, the resource's own `validate` hook, and no other record holds one of
+    its unique values. `record` is None for a new record; `data` holds what is written (a new
+    record's fields, an update's changes, already through `prepare`). Every write checks
+    these, one at a time (`insert`, `apply_update`) or many at once (`known`: the import)."""
     given = [
         (fk, parent, data[fk]) for fk, parent in spec.parents.items() if data.get(fk) is not None
     ]
-    if not given:
-        return
-    fks = tuple(fk for fk, _, _ in given)
-    stmt = statement(("parents", spec.name, fks), lambda: _parents_statement(spec, fks))
-    found = (await run(session, stmt, {fk: value for fk, _, value in given}))[0]
-    errors = []
-    for fk, parent, parent_id in given:
-        name = str(parent.__tablename__)
-        if found[fk] is None:
-            errors.append(
-                FieldError(field=fk, location="body", message=f"{name} {parent_id} does not exist")
-            )
-        elif f"{fk}:park" in found:
-            parks_of[(name, parent_id)] = found[f"{fk}:park"]
-    if errors:
-        raise Invalid("; ".join(e.message for e in errors), errors=errors)
-
-
-async def _check_unique(
-    session: AsyncSession, spec: ResourceSpec, data: dict[str, Any], record_id: int | None
-) -> None:
+    if known is None:
+        live, parks = await _parents(session, spec, given)
+    else:
+        live = {fk: known.live(str(parent.__tablename__), ref) for fk, parent, ref in given}
+        parks = known.parks
+    # For this write's `validate` hook, which then need not ask again (see `same_park`).
+    session.info[PARKS_OF] = parks
+    missing = [
+        FieldError(
+            field=fk, location="body", message=f"{parent.__tablename__} {ref} does not exist"
+        )
+        for fk, parent, ref in given
+        if not live[fk]
+    ]
+    if missing:
+        raise Invalid("; ".join(e.message for e in missing), errors=missing)
+    if spec.validate:
+        await spec.validate(session, record, data)
+    record_id = None if record is None else record.id
     for fields in spec.unique:
-        if not any(f in data for f in fields):
-            continue
         values = {f: data.get(f) for f in fields}
-        if any(v is None for v in values.values()):
+        if not any(f in data for f in fields) or any(v is None for v in values.values()):
             continue
-
-        def build(fields: tuple[str, ...] = fields) -> Any:
-            stmt = select(spec.column("id")).where(
-                *(spec.column(f) == bindparam(f"u_{f}") for f in fields)
-            )
-            if record_id is not None:
-                stmt = stmt.where(spec.column("id") != bindparam("u_id"))
-            return stmt.limit(1)
-
-        shape = ("unique", spec.name, fields, record_id is not None)
-        bound = {f"u_{f}": v for f, v in values.items()}
-        if record_id is not None:
-            bound["u_id"] = record_id
-        found = one(await run(session, statement(shape, build), bound))
-        other = None if found is None else found.id
+        if known is None:
+            other = await _holder(session, spec, values, record_id)
+        else:
+            ((name, value),) = values.items()  # the import takes single-field keys only
+            holder = known.holder(name, value)
+            other = None if holder is None or holder.id == record_id else holder.id
         if other is not None:
             shown = ", ".join(f"{f}={v}" for f, v in values.items())
             raise Conflict(
@@ -536,18 +548,69 @@ async def _check_unique(
             )
 
 
-async def log_change(session: AsyncSession, spec: ResourceSpec, record: Any, op: str) -> None:
-    await changes.record(
-        session,
-        resource=spec.name,
-        record_id=record.id,
-        external_id=record.external_id,
-        op=op,
-        version=record.version,
+async def _parents(
+    session: AsyncSession, spec: ResourceSpec, given: list[tuple[str, Any, int]]
+) -> tuple[dict[str, bool], dict[tuple[str, int], Any]]:
+    """Which of the parents named are live (fk → bool), and the park of each live one, read by
+    one query for all of them."""
+    if not given:
+        return {}, {}
+    fks = tuple(fk for fk, _, _ in given)
+    stmt = statement(("parents", spec.name, fks), lambda: _parents_statement(spec, fks))
+    row = (await run(session, stmt, {fk: value for fk, _, value in given}))[0]
+    live = {fk: row[fk] is not None for fk in fks}
+    parks = {
+        (str(parent.__tablename__), ref): row[f"{fk}:park"]
+        for fk, parent, ref in given
+        if live[fk] and f"{fk}:park" in row
+    }
+    return live, parks
+
+
+async def _holder(
+    session: AsyncSession, spec: ResourceSpec, values: dict[str, Any], record_id: int | None
+) -> int | None:
+    """The id of another record holding these values of a unique key, if any."""
+    fields = tuple(values)
+
+    def build() -> Any:
+        stmt = select(spec.column("id")).where(
+            *(spec.column(f) == bindparam(f"u_{f}") for f in fields)
+        )
+        if record_id is not None:
+            stmt = stmt.where(spec.column("id") != bindparam("u_id"))
+        return stmt.limit(1)
+
+    bound = {f"u_{f}": v for f, v in values.items()}
+    if record_id is not None:
+        bound["u_id"] = record_id
+    shape = ("unique", spec.name, fields, record_id is not None)
+    found = one(await run(session, statement(shape, build), bound))
+    return None if found is None else int(found.id)
+
+
+def change_entry(spec: ResourceSpec, record: Any, op: str) -> dict[str, Any]:
+    """The change-feed entry of a write to `record`, bar who made it and under which request
+    (`changes.record` adds those)."""
+    return {
+        "resource": spec.name,
+        "record_id": record.id,
+        "external_id": record.external_id,
+        "op": op,
+        "version": record.version,
         # The record's own updated_at, so a mirror can restore a tombstone's deleted_at exactly.
-        changed_at=record.updated_at,
-        data=None if op == "delete" else spec.to_public(record),
-    )
+        "changed_at": record.updated_at,
+        "data": None if op == "delete" else spec.to_public(record),
+    }
+
+
+def next_version(record: Any, changed: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The columns an update writes: what changed, the next version, the time."""
+    return {**changed, "version": record.version + 1, "updated_at": now}
+
+
+async def log_change(session: AsyncSession, spec: ResourceSpec, record: Any, op: str) -> None:
+    await changes.record(session, **change_entry(spec, record, op))
 
 
 async def _execute_write(
@@ -599,10 +662,7 @@ async def insert(
     the ORM's unit of work cost more than the statement (issue 6)."""
     if spec.prepare:
         await spec.prepare(session, None, data)
-    await _check_parents(session, spec, data)
-    if spec.validate:
-        await spec.validate(session, None, data)
-    await _check_unique(session, spec, data, None)
+    await check_rules(session, spec, None, data)
     # `INSERT … RETURNING` every column; the columns written are the parameters given.
     table = spec.table
     stmt = statement(("insert", spec.name), lambda: sa_insert(table).returning(*table.c))
@@ -626,12 +686,9 @@ async def apply_update(
     changed = {k: v for k, v in data.items() if getattr(record, k) != v}
     if not changed:
         return False
-    await _check_parents(session, spec, changed)
-    if spec.validate:
-        await spec.validate(session, record, changed)
-    await _check_unique(session, spec, changed, record.id)
+    await check_rules(session, spec, record, changed)
     before = _snapshot(record) if spec.after_write else None
-    await _write(session, spec, record, {**changed, "version": record.version + 1})
+    await _write(session, spec, record, next_version(record, changed, utcnow()))
     if spec.after_write:
         await spec.after_write(session, record, before)
     await log_change(session, spec, record, "update")
@@ -641,10 +698,8 @@ async def apply_update(
 async def _write(
     session: AsyncSession, spec: ResourceSpec, record: Any, values: dict[str, Any]
 ) -> None:
-    """Writes `values` and a new `updated_at` to the record's row with one Core UPDATE, and
-    gives the loaded record the same values as already stored (the ORM's unit of work would
-    cost more than the statement; issue 6)."""
-    values = {**values, "updated_at": values.get("updated_at") or utcnow()}
+    """Writes `values` (a new version and `updated_at` among them) to the record's row with one
+    Core UPDATE, and gives the loaded record the same values as stored."""
     table = spec.table
     # Without `.values()`, the columns set are the parameters given; `_id` binds the WHERE.
     stmt = statement(
@@ -682,9 +737,7 @@ async def soft_delete(session: AsyncSession, spec: ResourceSpec, record: Any) ->
         )
     before = _snapshot(record) if spec.after_write else None
     now = utcnow()
-    await _write(
-        session, spec, record, {"deleted_at": now, "updated_at": now, "version": record.version + 1}
-    )
+    await _write(session, spec, record, next_version(record, {"deleted_at": now}, now))
     if spec.after_write:
         await spec.after_write(session, record, before)
     await log_change(session, spec, record, "delete")
