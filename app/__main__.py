@@ -35,9 +35,15 @@ def main(argv: list[str] | None = None) -> int:
         "--interval", type=float, default=1.0, help="seconds between polls when idle"
     )
     mirror.add_argument("--once", action="store_true", help="stop when caught up")
-    importer = sub.add_parser("import", help="import projects from an XLSX or CSV file")
+    importer = sub.add_parser("import", help="import projects or investments from XLSX or CSV")
     importer.add_argument("file", help="an .xlsx or .csv file in the export layout")
     importer.add_argument("--dry-run", action="store_true", help="report problems, write nothing")
+    importer.add_argument(
+        "--resource",
+        choices=["projects", "investments"],  # tabular.IMPORTABLE, not imported for every command
+        default="projects",
+        help="what the file holds (default: projects)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "serve":

@@ -1,4 +1,4 @@
-"""`python -m app import FILE [--dry-run]`: the API's project import, run against DATABASE_URL
+"""`python -m app import FILE [--dry-run] [--resource investments]`: the API's import, run against DATABASE_URL
 with a progress bar on stderr. Exit code 0 when every row is fine, 1 otherwise."""
 
 import argparse
@@ -67,7 +67,7 @@ def print_report(report: tabular.ImportReport, out: TextIO = sys.stdout) -> None
         print(f"  row {error.row}  column {column}: {error.message}", file=out)
 
 
-async def _run(path: Path, dry_run: bool) -> int:
+async def _run(path: Path, dry_run: bool, resource: str = "projects") -> int:
     settings = get_settings()
     db = Database(make_engine(settings.database_url, pool_size=2, max_overflow=0))
     token = context.actor.set(ACTOR)
@@ -78,7 +78,7 @@ async def _run(path: Path, dry_run: bool) -> int:
                 try:
                     report = await tabular.import_rows(
                         session,
-                        tabular.PROJECT_LAYOUT,
+                        tabular.LAYOUTS[resource],
                         table,
                         dry_run=dry_run,
                         progress=bar.update,
@@ -101,4 +101,4 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"import: no such file: {path}", file=sys.stderr)
         return 1
-    return asyncio.run(_run(path, bool(args.dry_run)))
+    return asyncio.run(_run(path, bool(args.dry_run), args.resource))

@@ -9,7 +9,9 @@ from app.errors import problem_response
 
 # Uploads that are meant to be large, by path: the setting that caps each. Their multipart
 # files are spooled to disk past 1 MiB, so a large cap does not mean a large process.
-LARGE_UPLOADS = {"/api/v1/projects/import": "import_max_body_bytes"}
+LARGE_UPLOADS = {
+    f"/api/v1/{name}/import": "import_max_body_bytes" for name in ("projects", "investments")
+}
 
 
 class BodyLimit:

@@ -128,10 +128,14 @@ def as_dicts(rows: list[list[Any]]) -> list[dict[str, Any]]:
 
 
 def upload(
-    client: TestClient, content: bytes, name: str = "projects.csv", dry_run: bool = False
+    client: TestClient,
+    content: bytes,
+    name: str = "projects.csv",
+    dry_run: bool = False,
+    resource: str = "projects",
 ) -> Any:
     return client.post(
-        f"{API}/projects/import",
+        f"{API}/{resource}/import",
         params={"dry_run": str(dry_run).lower()},
         files={"file": (name, content)},
     )
@@ -458,6 +462,79 @@ def test_import_creates_matches_by_key_and_refuses_stale_rows(client: TestClient
     assert [(e["row"], e["column"]) for e in body["errors"]] == [(1, "颜色")]
     problem(upload(client, b"PK\x03\x04 not really a zip", "x.xlsx"), 422)
     problem(upload(client, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "old.xls"), 422)
+
+
+def test_investments_import_like_projects_with_their_amount_in_any_unit(
+    client: TestClient,
+) -> None:
+    """Investments import by the API's own rules: an amount in 元, 万元 or 亿元 (columns that
+    disagree are refused), a missing project refused as in a single write, the project's
+    headline recomputed and fed, and an exported file imported back changes nothing."""
+    made = registry(client)
+    center = made["center"]
+    seq = last_seq(client)
+    content = export(client, "investments", format="csv").content
+    for dry_run in (True, False):
+        same = upload(client, content, "i.csv", dry_run=dry_run, resource="investments")
+        assert same.status_code == 200, same.text
+        count = len(csv_rows(export(client, "investments", format="csv"))) - 1
+        assert count >= 2
+        assert same.json() == {
+            "dry_run": dry_run,
+            "rows": count,
+            "created": 0,
+            "updated": 0,
+            "unchanged": count,
+            "errors": [],
+        }
+    assert changes_after(client, seq) == []
+
+    rows = csv_rows(export(client, "investments", format="csv"))
+    header = rows[0]
+    column = {name: header.index(name) for name in header}
+
+    def row(**cells: Any) -> list[Any]:
+        out: list[Any] = [""] * len(header)
+        for name, value in cells.items():
+            out[column[name]] = value
+        return out
+
+    new_rows = [
+        header,
+        row(项目编号=center["id"], 类型="已完成", **{"金额(亿元)": "1.5"}),
+        row(项目编号=made["factory"]["id"], 类型="计划总投资", **{"金额(万元)": "2000"}),
+    ]
+    created = upload(client, to_csv(new_rows), "new.csv", resource="investments")
+    assert created.status_code == 200, created.text
+    assert created.json()["created"] == 2
+    listed = client.get(f"{API}/investments", params={"limit": 500}).json()["items"]
+    amounts = sorted((i["project_id"], i["kind"], i["amount"]) for i in listed)
+    assert (center["id"], "completed", "150000000.00") in amounts
+    assert (made["factory"]["id"], "planned_total", "20000000.00") in amounts
+    # The factory's headline now comes from its new planned total, as after a single write.
+    factory = client.get(f"{API}/projects/{made['factory']['id']}").json()
+    assert factory["total_investment"] == "20000000.00"
+    assert factory["total_investment_display"] == "2000万元"
+    fed = changes_after(client, seq)
+    assert [(c["resource"], c["op"]) for c in fed].count(("investments", "create")) == 2
+    assert ("projects", "update") in [(c["resource"], c["op"]) for c in fed]
+    assert any(c["resource"] == "projects" and c["id"] == made["factory"]["id"] for c in fed)
+
+    before, seq = client.get(f"{API}/investments", params={"limit": 500}).json(), last_seq(client)
+    bad_rows = [
+        header,
+        row(项目编号=center["id"], 类型="报道", **{"金额(元)": "100", "金额(亿元)": "1"}),
+        row(项目编号=999999, 类型="报道", **{"金额(元)": "100"}),
+        row(项目编号=center["id"], 类型="报道", **{"金额(万元)": "0.0000001"}),
+    ]
+    refused = upload(client, to_csv(bad_rows), "bad.csv", resource="investments")
+    body = problem(refused, 422)
+    errors = {(e["row"], e["column"]) for e in body["report"]["errors"]}
+    assert (2, "金额(亿元)") in errors  # 100 元 ≠ 1 亿元
+    assert (3, "项目编号") in errors  # no such project, as a single write would say
+    assert (4, "金额(万元)") in errors  # finer than a fen
+    assert client.get(f"{API}/investments", params={"limit": 500}).json() == before
+    assert changes_after(client, seq) == []
 
 
 def test_import_reads_csv_saved_by_a_chinese_excel(client: TestClient) -> None:

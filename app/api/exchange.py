@@ -1,5 +1,5 @@
 """Excel and CSV: exports of projects, enterprises and investments with the list's own filters,
-and an all-or-nothing import of projects in the same layout."""
+and all-or-nothing imports of projects and investments in the same layout."""
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -82,29 +82,46 @@ for _layout in tabular.LAYOUTS.values():
     _add_export(_layout)
 
 
-@router.post(
-    "/projects/import",
-    response_model=ImportReport,
-    tags=[tag(tabular.PROJECT_LAYOUT.spec)],
-    summary="从 Excel / CSV 导入项目（全部成功或全部不写）",
-    description=(
-        LAYOUT_DOC
-        + "按 外部编号，其次 项目代码，其次 编号 匹配已有项目并更新；都匹配不到则新建。外部编号留空不会清除已有的外部编号。"
-        "若某行会修改记录而其 版本 与当前版本不同（导出后被别人改过），该行报错。"
-        "`dry_run=true` 只检查并返回逐行报告，不写入；正式导入在一个事务中执行，任一行出错返回 422 并列出每个错误，"
-        "什么都不写。原样导入刚导出的文件不产生任何改动。上传文件受 IMPORT_MAX_BODY_BYTES（默认 64 MiB，"
-        "约 25 万行 CSV）限制，超过返回 413；更大的文件请用命令行 `python -m app import FILE`。"
-        " Rows match by external_id, else code, else id; all or nothing. The upload may be up to"
-        " IMPORT_MAX_BODY_BYTES (64 MiB by default), not the 1 MiB other requests are held to."
+MATCHING = {
+    "projects": "按 外部编号，其次 项目代码，其次 编号 匹配已有项目并更新；都匹配不到则新建。",
+    "investments": (
+        "按 外部编号，其次 编号 匹配已有投资额记录并更新；都匹配不到则新建。金额可填 金额(元)、金额(万元)、"
+        "金额(亿元) 任一列（如只填 金额(亿元) 为 30），几列都填时须一致，否则该行报错；项目的总投资随之重算。"
     ),
-    operation_id="import_projects",
-    dependencies=[CanWrite],
-    responses=responses(400, 413, 422),
-)
-async def import_projects(
-    session: WriteSession,
-    file: Annotated[UploadFile, File(description="导出格式的 .xlsx 或 .csv 文件")],
-    dry_run: Annotated[bool, Query(description="试运行：只检查，不写入 (report only)")] = False,
-) -> ImportReport:
-    with tabular.reading(file.file, file.filename) as table:
-        return await tabular.import_rows(session, tabular.PROJECT_LAYOUT, table, dry_run=dry_run)
+}
+
+
+def _add_import(layout: tabular.Layout) -> None:
+    spec = layout.spec
+
+    @router.post(
+        f"/{spec.name}/import",
+        response_model=ImportReport,
+        tags=[tag(spec)],
+        summary=f"从 Excel / CSV 导入{spec.title_zh}（全部成功或全部不写）",
+        description=(
+            LAYOUT_DOC + MATCHING[spec.name] + "外部编号留空不会清除已有的外部编号。"
+            "若某行会修改记录而其 版本 与当前版本不同（导出后被别人改过），该行报错。"
+            "`dry_run=true` 只检查并返回逐行报告，不写入；正式导入在一个事务中执行，任一行出错返回 422 并列出每个错误，"
+            "什么都不写。原样导入刚导出的文件不产生任何改动。规则与单条写入相同（上级记录、同一园区、唯一值、金额单位）。"
+            "上传文件受 IMPORT_MAX_BODY_BYTES（默认 64 MiB，约 25 万行 CSV）限制，超过返回 413；"
+            "更大的文件请用命令行 `python -m app import FILE`。"
+            " Rows match by external_id, else code, else id; all or nothing, by the same rules as"
+            " single writes. The upload may be up to IMPORT_MAX_BODY_BYTES (64 MiB by default),"
+            " not the 1 MiB other requests are held to."
+        ),
+        operation_id=f"import_{spec.name}",
+        dependencies=[CanWrite],
+        responses=responses(400, 413, 422),
+    )
+    async def import_file(
+        session: WriteSession,
+        file: Annotated[UploadFile, File(description="导出格式的 .xlsx 或 .csv 文件")],
+        dry_run: Annotated[bool, Query(description="试运行：只检查，不写入 (report only)")] = False,
+    ) -> ImportReport:
+        with tabular.reading(file.file, file.filename) as table:
+            return await tabular.import_rows(session, layout, table, dry_run=dry_run)
+
+
+for _layout in tabular.IMPORTABLE:
+    _add_import(_layout)

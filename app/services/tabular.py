@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel
 
 from app import context
-from app.db import Database
+from app.db import Database, Record
 from app.db_types import utcnow
 from app.errors import AppError, Conflict, FieldError, Invalid
 from app.models.chain import Chain
@@ -56,6 +56,7 @@ from app.models.enterprise import Enterprise
 from app.models.investment import InvestmentKind
 from app.models.park import Park
 from app.models.project import STAGE_ZH, Project
+from app.money import MoneyUnit, to_yuan
 from app.resources import ENTERPRISES, INVESTMENTS, PROJECTS
 from app.services import bulk, records
 from app.services.records import ResourceSpec
@@ -119,7 +120,9 @@ class Layout:
     def __post_init__(self) -> None:
         # Headers as shown, and the API's field names for the editable columns.
         names = {_header_key(c.header): c for c in self.columns}
-        names |= {c.field: c for c in self.columns if c.role != Role.DERIVED}
+        for column in self.columns:  # a field's name stands for its first column (元, not 亿元)
+            if column.role != Role.DERIVED:
+                names.setdefault(column.field, column)
         object.__setattr__(self, "by_header", names)
 
     def header_of(self, name: str) -> str | None:
@@ -199,9 +202,10 @@ INVESTMENT_LAYOUT = Layout(
         Column("项目编号", "project_id", Kind.INT, Role.DATA, width=10),
         Column("项目名称", "project_id", Kind.NAME, related=Project, width=30),
         Column("类型", "kind", Kind.INVESTMENT_KIND, Role.DATA, width=12),
+        # Any one of the three sets the amount; two that disagree are an error, not a guess.
         Column("金额(元)", "amount", Kind.YUAN, Role.DATA, width=18),
-        Column("金额(万元)", "amount", Kind.WAN, width=14),
-        Column("金额(亿元)", "amount", Kind.YI, width=12),
+        Column("金额(万元)", "amount", Kind.WAN, Role.DATA, width=14),
+        Column("金额(亿元)", "amount", Kind.YI, Role.DATA, width=12),
         Column("币种", "currency", Kind.TEXT, Role.DATA, width=6),
         Column("截至日期", "as_of_date", Kind.DATE, Role.DATA, width=12),
         *_record_columns(),
@@ -211,6 +215,10 @@ INVESTMENT_LAYOUT = Layout(
 LAYOUTS = {
     layout.spec.name: layout for layout in (PROJECT_LAYOUT, ENTERPRISE_LAYOUT, INVESTMENT_LAYOUT)
 }
+# The layouts a spreadsheet can be imported in (`POST /{resource}/import`).
+IMPORTABLE = (PROJECT_LAYOUT, INVESTMENT_LAYOUT)
+# Amount columns: the unit each one is written in.
+AMOUNT_UNITS = {Kind.YUAN: MoneyUnit.YUAN, Kind.WAN: MoneyUnit.WAN, Kind.YI: MoneyUnit.YI}
 
 
 # ---------------------------------------------------------------- values
@@ -587,6 +595,15 @@ def cell_parser(column: Column, *, from_csv: bool) -> Callable[[Any], Any]:
     return parse
 
 
+def _yuan(value: Any, unit: MoneyUnit) -> Decimal:
+    """An amount cell in `unit` as exact yuan, by the API's own rule (`money.to_yuan`)."""
+    try:
+        amount = Decimal(str(value).strip().replace(",", ""))
+        return to_yuan(amount, unit)
+    except (ArithmeticError, ValueError) as exc:
+        raise CellError(f"不是有效的金额（{unit}）: {value} — {exc}") from exc
+
+
 # ---------------------------------------------------------------- importing
 
 
@@ -670,7 +687,8 @@ class _Plan:
     """What a chunk of rows writes, in file order."""
 
     first: int  # the chunk's first row
-    writes: list[tuple[str, bulk.Row]] = field(default_factory=list)  # ("create" | "update", row)
+    # ("create" | "update", the row written, the record before an update)
+    writes: list[tuple[str, bulk.Row, Any]] = field(default_factory=list)
     fields: set[str] = field(default_factory=set)  # the fields the updates change
 
 
@@ -732,9 +750,27 @@ class _Parents:
                         self.parks.setdefault((table.name, record_id), None)
 
 
+@dataclass
+class _Known:
+    """What the import has read of the registry for a chunk of rows, as `records.check_rules`
+    asks it (`records.Known`): live parents and their parks, and the holders of unique keys as
+    the rows before leave them."""
+
+    importer: "_Importer"
+    found: dict[str, dict[Any, Any]]
+
+    @property
+    def parks(self) -> dict[tuple[str, int], Any]:
+        return self.importer.parents.parks
+
+    def live(self, table: str, record_id: int) -> bool:
+        return self.importer.parents.live[(table, record_id)]
+
+    def holder(self, name: str, value: Any) -> Any:
+        return self.importer.lookup(self.found, name, value)
+
+
 def _check_importable(spec: ResourceSpec) -> None:
-    if spec.prepare is not None or spec.after_write is not None:
-        raise TypeError(f"{spec.name}: the set-based import does not run prepare/after_write hooks")
     if any(len(fields) != 1 or fields[0] not in KEY_FIELDS for fields in spec.unique):
         raise TypeError(f"{spec.name}: unique constraints beyond the import's keys")
 
@@ -820,12 +856,30 @@ class _Importer:
         """The row's cells, or None when its keys are unusable (reported)."""
         values: dict[str, Any] = {}
         failed: set[str] = set()
+        amounts: dict[str, Column] = {}  # field → the column its amount was read from
         width = len(cells)
         for index, column, parse in parsers:
             try:
-                values[column.field] = parse(cells[index] if index < width else None)
+                value = parse(cells[index] if index < width else None)
+                if column.kind in AMOUNT_UNITS and value is not None:
+                    value = _yuan(value, AMOUNT_UNITS[column.kind])
             except CellError as exc:
                 self.fail(number, column.header, str(exc))
+                failed.add(column.field)
+                continue
+            if column.kind not in AMOUNT_UNITS:
+                values[column.field] = value
+            elif value is None:
+                values.setdefault(column.field, None)
+            elif (first := amounts.setdefault(column.field, column)) is column:
+                values[column.field] = value
+            elif values[column.field] != value:
+                self.fail(
+                    number,
+                    column.header,
+                    f"与“{first.header}”不一致（{values[column.field]} 元 ≠ {value} 元）：改金额时只改一列，"
+                    "或清空另外两列 (the amount columns disagree)",
+                )
                 failed.add(column.field)
         record_id = values.pop("id", None)
         version = values.pop("version", None)
@@ -873,8 +927,8 @@ class _Importer:
         for i, row in enumerate(chunk, start=1):
             planned = await self.decide(row, found)
             if planned is not None:
-                op, record, changed = planned
-                plan.writes.append((op, record))
+                op, record, changed, before = planned
+                plan.writes.append((op, record, before))
                 plan.fields |= changed
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -961,16 +1015,20 @@ class _Importer:
 
     async def decide(
         self, row: _Row, found: dict[str, dict[Any, Any]]
-    ) -> tuple[str, bulk.Row, set[str]] | None:
+    ) -> tuple[str, bulk.Row, set[str], Any] | None:
         """What the row writes — ("create" | "update", the record's columns, the fields it
-        changes) — or None when it writes nothing or is refused (reported)."""
+        changes, the record before) — or None when it writes nothing or is refused (reported).
+        The rules are the API's own: the resource's `prepare`, then `records.check_rules`."""
         spec, number, failed, values = self.spec, row.number, row.failed, row.values
         before = len(self.errors)
         target, usable = self.find(row, found)
         if not usable:
             return None
-        for name, value in values.items():
+        for name, value in list(values.items()):
             if value is None and name not in self.nullable and name not in failed:
+                if target is None and name not in self.required:
+                    del values[name]  # a new record's empty cell takes the field's default
+                    continue
                 self.fail(number, self.header_of(name), "必填，不能为空 (required)")
                 failed.add(name)
         if target is None:
@@ -987,6 +1045,12 @@ class _Importer:
             return None
         if failed or len(self.errors) > before:
             return None
+        try:
+            if spec.prepare is not None:
+                await spec.prepare(self.session, target, data)
+        except AppError as exc:
+            self.app_errors(number, exc)
+            return None
         if target is not None:
             data = {k: v for k, v in data.items() if getattr(target, k) != v}
             if not data:
@@ -1000,55 +1064,23 @@ class _Importer:
                     f"{target.version}）；请重新导出后再改",
                 )
                 return None
-        if not await self.check_rules(number, target, data, found):
+        try:
+            # Every park and key the rules ask for is known, so they run without a query (as
+            # they must: the previous chunk may be being written on the session meanwhile).
+            await records.check_rules(self.session, spec, target, data, _Known(self, found))
+        except AppError as exc:
+            self.app_errors(number, exc)
             return None
         now = utcnow()
         if target is None:
             self.created += 1
-            return "create", records.new_row(spec, data, now), set()
+            return "create", records.new_row(spec, data, now), set(), None
         for name, vacated in self.vacated.items():
             old = getattr(target, name, None)
             if name in data and old is not None:
                 vacated[old] = target.id
         self.updated += 1
-        return "update", bulk.updated_row(spec, target, data, now), set(data)
-
-    async def check_rules(
-        self, number: int, record: Any, data: dict[str, Any], found: dict[str, dict[Any, Any]]
-    ) -> bool:
-        """What `records.insert` / `records.apply_update` check before they write, in their
-        order: live parents, the resource's `validate` hook, unique keys (as the rows before
-        leave them), each refusal reported as theirs would be."""
-        spec, parents = self.spec, self.parents
-        missing = []
-        for fk, parent in spec.parents.items():
-            ref, table = data.get(fk), parent.__table__.name  # type: ignore[attr-defined]
-            if ref is not None and not parents.live[(table, ref)]:
-                message = f"{table} {ref} does not exist"
-                missing.append(FieldError(field=fk, location="body", message=message))
-        try:
-            if missing:
-                raise Invalid("; ".join(e.message for e in missing), errors=missing)
-            if spec.validate is not None:
-                # Every park the hook may ask for is known, so it runs without a query (as it
-                # must: the previous chunk may be being written on the session meanwhile).
-                self.session.info[records.PARKS_OF] = parents.parks
-                await spec.validate(self.session, record, data)
-        except AppError as exc:
-            self.app_errors(number, exc)
-            return False
-        record_id = None if record is None else record.id
-        for (name,) in spec.unique:
-            value = data.get(name)
-            holder = self.lookup(found, name, value)
-            if holder is not None and holder.id != record_id:
-                self.fail(
-                    number,
-                    self.header_of(name),
-                    f"another {spec.singular} ({holder.id}) already has {name}={value}",
-                )
-                return False
-        return True
+        return "update", bulk.updated_row(spec, target, data, now), set(data), target
 
     def app_errors(self, row: int, exc: AppError) -> None:
         if not exc.errors:
@@ -1071,10 +1103,14 @@ class _Importer:
         """Updates before inserts, so a key an update gives up is free for a new record."""
         spec, writes = self.spec, plan.writes
         try:
-            updates = [r for op, r in writes if op == "update"]
+            updates = [r for op, r, _ in writes if op == "update"]
             await bulk.update_rows(self.session, spec, updates, plan.fields)
-            await bulk.insert_rows(self.session, spec, [r for op, r in writes if op == "create"])
-            await self.feed.add([bulk.change_row(spec, r, op, self.audit) for op, r in writes])
+            await bulk.insert_rows(self.session, spec, [r for op, r, _ in writes if op == "create"])
+            await self.feed.add([bulk.change_row(spec, r, op, self.audit) for op, r, _ in writes])
+            if spec.after_write is not None:
+                # The API's own hook, per record (an investment moves its project's headline).
+                for _, written, before in writes:
+                    await spec.after_write(self.session, Record(written), before)
         except IntegrityError:
             # Only a concurrent writer gets past the checks; PostgreSQL then aborts the whole
             # transaction, so the import stops here (and writes nothing).
