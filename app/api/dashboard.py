@@ -19,8 +19,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from app.api.deps import CanRead, ReadSession, principal_from
-from app.config import Settings
+from app.api.deps import CanRead, ReadSession, authorize, caller
 from app.dashboard.data import collect
 from app.dashboard.page import page, panel
 from app.errors import AppError
@@ -52,14 +51,13 @@ def _headers(nonce: str | None = None) -> dict[str, str]:
 
 
 async def _may_read(request: Request) -> bool:
-    settings: Settings = request.app.state.settings
-    if settings.public_read:
-        return True
+    """The page itself opens for anyone (with a sign-in form); its figures by the same rule
+    as every read, for the caller resolved once (`deps.caller`)."""
     try:
-        principal = await principal_from(request.app, request.headers.get("authorization"))
-    except AppError:  # a malformed, expired or revoked token: show the sign-in form
+        authorize(request.app.state.settings, await caller(request), Role.viewer)
+    except AppError:  # none, or a malformed, expired or revoked token: the sign-in form
         return False
-    return principal is not None and principal.allows(Role.viewer)
+    return True
 
 
 @router.get("/dashboard", response_class=HTMLResponse)

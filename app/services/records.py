@@ -629,7 +629,8 @@ def _conflict(spec: ResourceSpec) -> Conflict:
     return Conflict(f"the {spec.singular} conflicts with a record written at the same time")
 
 
-async def _commit(session: AsyncSession, spec: ResourceSpec) -> None:
+async def commit(session: AsyncSession, spec: ResourceSpec) -> None:
+    """`db.commit`, a unique key taken meanwhile by a concurrent writer answered as a conflict."""
     try:
         await db.commit(session)
     except IntegrityError as exc:
@@ -768,7 +769,7 @@ async def _fail_fast_if_stale(
 
 async def create(session: AsyncSession, spec: ResourceSpec, body: BaseModel) -> Any:
     record = await insert(session, spec, body.model_dump(exclude_unset=True))
-    await _commit(session, spec)
+    await commit(session, spec)
     return record
 
 
@@ -783,7 +784,7 @@ async def update(
     record = await get_live(session, spec, record_id, lock=True)
     check_version(record, if_match)
     if await apply_update(session, spec, record, body.model_dump(exclude_unset=True)):
-        await _commit(session, spec)
+        await commit(session, spec)
     return record
 
 
@@ -794,7 +795,7 @@ async def delete(
     record = await get_live(session, spec, record_id, lock=True)
     check_version(record, if_match)
     await soft_delete(session, spec, record)
-    await _commit(session, spec)
+    await commit(session, spec)
     return record
 
 
@@ -824,11 +825,11 @@ async def put_by_external_id(
         if if_match is not None and "*" in if_match:
             raise PreconditionFailed(f"no {spec.singular} has external_id {external_id}")
         record = await insert(session, spec, data)
-        await _commit(session, spec)
+        await commit(session, spec)
         return record, True
     check_version(record, if_match)
     if record.deleted_at is not None:
         data["deleted_at"] = None
     if await apply_update(session, spec, record, data):
-        await _commit(session, spec)
+        await commit(session, spec)
     return record, False

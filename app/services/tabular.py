@@ -1205,7 +1205,7 @@ async def import_rows(
     if dry_run or report.errors:
         await session.rollback()
     else:
-        await records._commit(session, layout.spec)
+        await records.commit(session, layout.spec)
     if report.errors and not dry_run:
         raise ImportFailed(report)
     return report
