@@ -72,18 +72,7 @@ async def update_rows(
 
 
 # The change table's columns as `changes.record` fills them (the sequence gives `seq`).
-_FEED = (
-    "resource",
-    "record_id",
-    "external_id",
-    "op",
-    "version",
-    "changed_at",
-    "actor",
-    "request_id",
-    "data",
-)
-assert {c.key for c in _table(Change).columns} == {"seq", *_FEED}
+_FEED = changes.COLUMNS[1:]
 
 
 def change_row(

@@ -60,17 +60,10 @@ def _insert(dialect: str) -> Any:
     return stmt
 
 
-_FEED_COLUMN_NAMES = (
-    "seq",
-    "resource",
-    "record_id",
-    "external_id",
-    "op",
-    "version",
-    "changed_at",
-    "actor",
-    "request_id",
-)
+# The change table's columns in order: `seq`, what a write records, and the record's `data`
+# last (`page_bytes` and `bulk.ChangeLog` rely on that order).
+COLUMNS = tuple(c.key for c in Change.__table__.columns)  # type: ignore[attr-defined]
+assert COLUMNS[0] == "seq" and COLUMNS[-1] == "data"
 
 
 async def page_json(session: AsyncSession, seq: int, limit: int, resource: str | None) -> bytes:
@@ -80,7 +73,7 @@ async def page_json(session: AsyncSession, seq: int, limit: int, resource: str |
 
     def build() -> Any:
         table = Change.__table__  # type: ignore[attr-defined]
-        columns = [table.c[c] for c in _FEED_COLUMN_NAMES]
+        columns = [table.c[c] for c in COLUMNS[:-1]]
         stmt = select(*columns, cast(table.c.data, Text).label("data")).where(
             table.c.seq > bindparam("after")
         )
