@@ -25,13 +25,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
-# Errors after which a driver connection is not reused.
-BROKEN = (
-    OSError,
-    TimeoutError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.PostgresConnectionError,
-)
+from app.errors import AppError
+
 # The driver's own integrity errors, raised as SQLAlchemy's so callers handle one kind.
 _INTEGRITY = (asyncpg.exceptions.IntegrityConstraintViolationError, sqlite3.IntegrityError)
 # `session.info` key of a session's `Executor`.
@@ -217,11 +212,13 @@ class Executor:
         return bool(self.driver.is_closed())
 
     def doubtful(self, failure: BaseException | None) -> bool:
-        """Whether the connection must not serve another request: cancelled or broken
-        mid-statement, closed, or still inside a transaction."""
+        """Whether the connection must not serve another request: anything but a refusal of
+        ours (`AppError`) went wrong while it was held — cancelled, broken or failed
+        mid-statement, whatever the driver calls it (a server going down surfaces as several
+        kinds, and a connection left mid-operation fails the next request) — or it is closed,
+        or still inside a transaction."""
         return (
-            isinstance(failure, BROKEN)
-            or (failure is not None and not isinstance(failure, Exception))
+            (failure is not None and not isinstance(failure, AppError))
             or self.closed()
             or self.in_transaction()
         )

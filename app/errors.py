@@ -193,6 +193,9 @@ _UNAVAILABLE_NAMES = {
     "ConnectionFailureError",
     "TooManyConnectionsError",
     "InterfaceError",
+    # asyncpg: a pooled connection the server dropped while idle (a restart) meets its next
+    # statement mid-way through the server's goodbye; it is discarded (`db.Executor.doubtful`).
+    "InternalClientError",
 }
 
 
