@@ -19,7 +19,7 @@ import pytest
 from fastapi import APIRouter, Depends
 from fastapi.testclient import TestClient
 
-from app.api.crud import operation
+from app.api.crud import operation, page_response
 from app.api.deps import CanRead, ReadSession
 from app.db import Database, make_engine
 from app.resources import ALL
@@ -133,11 +133,15 @@ def test_records_are_written_out_as_their_public_model_writes_them(
                     rows, _ = await records.list_page(session, spec, spec.filters(limit=500))
                     assert rows, spec.name
                     validator = spec.public.__pydantic_validator__
+                    items = []
                     for row in rows:
                         model = validator.validate_python(row, from_attributes=True)
                         expected = model.__pydantic_serializer__.to_json(model)
                         assert spec.public_json(row) == expected, spec.name
+                        items.append(expected)
                         compared += 1
+                    page = b'{"items":[' + b",".join(items) + b'],"next_cursor":"c"}'
+                    assert page_response(spec, rows, "c").body == page, spec.name
                     # The direct route is the one taken where the model allows it.
                     assert spec.plain_fields is not None, spec.name
         finally:

@@ -99,16 +99,24 @@ class ResourceSpec:
     def plain_fields(self) -> tuple[list[str], list[tuple[str, Callable[[Any], Any]]]] | None:
         return plain_fields(self.public, frozenset(self.table.c.keys()))
 
+    def plain_data(self, record: Any) -> dict[str, Any] | None:
+        """A row's public form as plain data, written by `pydantic_core.to_json` as the public
+        model would write it (see `plain_fields`); None where it must go through the model."""
+        fields = self.plain_fields
+        if fields is None or not isinstance(record, Record):
+            return None
+        names, computed = fields
+        out = {name: record[name] for name in names}
+        if computed:
+            view = SimpleNamespace(**out)
+            for name, compute in computed:
+                out[name] = compute(view)
+        return out
+
     def public_json(self, record: Any) -> bytes:
-        if isinstance(record, Record) and (fields := self.plain_fields) is not None:
-            # The row's values as they are: see `plain_fields`.
-            names, computed = fields
-            out = {name: record[name] for name in names}
-            if computed:
-                view = SimpleNamespace(**out)
-                for name, compute in computed:
-                    out[name] = compute(view)
-            return pydantic_core.to_json(out)
+        data = self.plain_data(record)
+        if data is not None:
+            return pydantic_core.to_json(data)
         public = self.public_of(record)
         return public.__pydantic_serializer__.to_json(public)
 
