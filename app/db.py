@@ -25,8 +25,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
-from app.errors import AppError
-
 # The driver's own integrity errors, raised as SQLAlchemy's so callers handle one kind.
 _INTEGRITY = (asyncpg.exceptions.IntegrityConstraintViolationError, sqlite3.IntegrityError)
 # `session.info` key of a session's `Executor`.
@@ -158,11 +156,12 @@ class Executor:
         self.driver: Any = raw.driver_connection if raw is not None else None
         self.dialect: Dialect = db.engine.dialect
         self.sqlite = self.dialect.name == "sqlite"
+        self.failed = False  # a statement failed other than by a constraint: discard it
 
     async def connection(self) -> AsyncConnection:
         """SQLAlchemy's connection, for the statements it runs."""
         if self.conn is None:
-            self._release_raw(None)
+            await self._release_raw(None)
             self.conn = await self.db.autocommit.connect()
             self.owns_conn = True
             self.driver = (await self.conn.get_raw_connection()).driver_connection
@@ -173,7 +172,14 @@ class Executor:
         form = _form(stmt, params, self.dialect) if isinstance(stmt, Prepared) else None
         if form is None:
             target = stmt.stmt if isinstance(stmt, Prepared) else stmt
-            result = await (await self.connection()).execute(target, params)
+            conn = await self.connection()
+            try:
+                result = await conn.execute(target, params)
+            except IntegrityError:
+                raise
+            except BaseException:
+                self.failed = True
+                raise
             return [Record(m) for m in result.mappings()] if result.returns_rows else []
         args = form.args(params)
         try:
@@ -188,14 +194,23 @@ class Executor:
                 rows = await self.driver.fetch(form.sql, *args)
         except _INTEGRITY as exc:
             raise IntegrityError(form.sql, args, exc) from exc
+        except BaseException:
+            self.failed = True
+            raise
         return form.records(rows)
 
     async def command(self, sql: str) -> None:
         """A statement of the transaction's own (BEGIN, COMMIT, ROLLBACK) on the driver."""
-        if self.sqlite:
-            await self.driver.execute_fetchall(sql)
-        else:
-            await self.driver.execute(sql)
+        try:
+            if self.sqlite:
+                await self.driver.execute_fetchall(sql)
+            else:
+                await self.driver.execute(sql)
+        except _INTEGRITY:
+            raise
+        except BaseException:
+            self.failed = True
+            raise
 
     def in_transaction(self) -> bool:
         if self.sqlite:
@@ -212,28 +227,34 @@ class Executor:
         return bool(self.driver.is_closed())
 
     def doubtful(self, failure: BaseException | None) -> bool:
-        """Whether the connection must not serve another request: anything but a refusal of
-        ours (`AppError`) went wrong while it was held — cancelled, broken or failed
-        mid-statement, whatever the driver calls it (a server going down surfaces as several
-        kinds, and a connection left mid-operation fails the next request) — or it is closed,
-        or still inside a transaction."""
+        """Whether the connection must not serve another request: a statement on it failed
+        other than by a constraint (whatever the driver calls it: a server going down surfaces
+        as several kinds, and a connection left mid-operation fails the next request), the
+        request was cancelled while holding it, or it is closed, or still in a transaction.
+        A refusal of the request itself (bad input, a missing record) leaves it as good."""
         return (
-            (failure is not None and not isinstance(failure, AppError))
+            self.failed
+            or (failure is not None and not isinstance(failure, Exception))
             or self.closed()
             or self.in_transaction()
         )
 
-    def _release_raw(self, failure: BaseException | None) -> None:
+    async def _release_raw(self, failure: BaseException | None) -> None:
         if self.raw is not None:
             raw, self.raw = self.raw, None
-            if self.doubtful(failure):
-                raw.invalidate()
-            else:
+            if not self.doubtful(failure):
                 raw.close()
+                return
+            # Closed by its driver first: aiosqlite's thread then ends with this event loop
+            # still there to hear of it (the pool's own discard, outside SQLAlchemy's
+            # greenlet, can only stop it).
+            with contextlib.suppress(Exception):
+                await (self.driver.close() if self.sqlite else self.driver.close(timeout=2))
+            raw.invalidate()
 
     async def release(self, failure: BaseException | None) -> None:
         """Hands the connection back to the pool, or discards it if it is in doubt."""
-        self._release_raw(failure)
+        await self._release_raw(failure)
         if self.conn is not None and self.owns_conn:
             conn, self.conn = self.conn, None
             if self.doubtful(failure):
