@@ -18,11 +18,12 @@ import asyncpg
 import pytest
 from fastapi import APIRouter, Depends
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from app.api.crud import operation, page_response
 from app.api.deps import CanRead, ReadSession
-from app.db import Database, make_engine
-from app.resources import ALL
+from app.db import Database, make_engine, run, statement
+from app.resources import ALL, PARKS
 from app.services import records
 from app.services import user as user_service
 from tests.conftest import DatabaseFactory
@@ -303,3 +304,26 @@ def _wait_for_lock_waiter(database_url: str, seconds: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_read_that_needs_sqlalchemy_swaps_its_connection_rather_than_taking_a_second(
+    database_url: str,
+) -> None:
+    """`Database.reading` starts on the pool's connection alone; a statement only SQLAlchemy
+    can run (one not built by `db.statement`) swaps it for SQLAlchemy's connection. With a
+    pool of one connection, holding both at once would wait for the pool until it timed out."""
+
+    async def go() -> tuple[int, int, int]:
+        db = Database(make_engine(database_url, pool_size=1, max_overflow=0), pool_timeout=3)
+        try:
+            async with db.reading() as session:
+                table = PARKS.table
+                prepared = statement(("test-count",), lambda: select(func.count(table.c.id)))
+                first = (await run(session, prepared))[0]
+                adhoc = (await run(session, select(func.count(table.c.id).label("n"))))[0]
+                again = (await run(session, prepared))[0]
+            return first[next(iter(first))], adhoc["n"], again[next(iter(again))]
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(asyncio.wait_for(go(), 10)) == (0, 0, 0)
