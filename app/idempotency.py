@@ -25,6 +25,9 @@ KEEP = timedelta(hours=48)
 # A key left "in progress" this long belongs to a request that died with its process.
 ABANDONED = timedelta(minutes=2)
 REPLAYED_HEADERS = {b"content-type", b"location", b"etag"}
+# Answers that hold a secret, or that must count every attempt: a key is ignored there (a
+# replayed login would let guesses bypass the failure count, and keep a JWT at rest).
+NEVER_REPLAYED = {"/api/v1/auth/token", "/api/v1/tokens"}
 
 
 def _problem(
@@ -53,7 +56,7 @@ class Idempotency:
             await self.app(scope, receive, send)
             return
         key = dict(scope["headers"]).get(b"idempotency-key", b"").decode("latin-1").strip()
-        if not key:
+        if not key or scope["path"] in NEVER_REPLAYED:
             await self.app(scope, receive, send)
             return
         path = scope["path"]

@@ -56,12 +56,42 @@ async def verify_password(password: str, password_hash: str) -> bool:
     return await to_thread.run_sync(_hasher.verify, password, password_hash)
 
 
-def issue_access_token(settings: Settings, username: str, role: Role) -> tuple[str, int]:
+_DECOY: list[str] = []
+
+
+async def decoy_hash() -> str:
+    """A hash no password is known for, made once: verified against for an unknown account."""
+    if not _DECOY:
+        _DECOY.append(await hash_password(secrets.token_urlsafe(32)))
+    return _DECOY[0]
+
+
+@dataclass(frozen=True)
+class StaffClaims:
+    """What a staff token says, before the account it names is looked up (`deps.caller`)."""
+
+    user_id: int
+    username: str
+    credentials: str  # `credentials_stamp` of the password hash it was issued under
+
+
+def credentials_stamp(settings: Settings, password_hash: str) -> str:
+    """A keyed digest of the stored password hash: carried by a staff token, so that a
+    changed password ends every token issued before it (the hash itself never leaves)."""
+    key = settings.secret_key.encode()
+    return hmac.new(key, password_hash.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def issue_access_token(
+    settings: Settings, user_id: int, username: str, role: Role, password_hash: str
+) -> tuple[str, int]:
     now = datetime.now(UTC)
     lifetime = timedelta(minutes=settings.access_token_minutes)
     claims = {
         "sub": username,
-        "role": role.value,
+        "uid": user_id,
+        "cred": credentials_stamp(settings, password_hash),
+        "role": role.value,  # shown to clients; the account's current role is what applies
         "iat": now,
         "exp": now + lifetime,
         "typ": "access",
@@ -71,17 +101,22 @@ def issue_access_token(settings: Settings, username: str, role: Role) -> tuple[s
     )
 
 
-def read_access_token(settings: Settings, token: str) -> Principal:
+def read_access_token(settings: Settings, token: str) -> StaffClaims:
     try:
         claims = jwt.decode(
             token,
             settings.secret_key,
             algorithms=[ALGORITHM],  # never "none", never a key-confusion algorithm
-            options={"require": ["exp", "iat", "sub"]},
+            options={"require": ["exp", "iat", "sub", "uid", "cred"]},
         )
         if claims.get("typ") != "access":
             raise Unauthorized("not an access token")
-        return Principal(name=str(claims["sub"]), role=Role(claims["role"]), kind="user")
+        user_id, username, credentials = claims["uid"], claims["sub"], claims["cred"]
+        if not (isinstance(user_id, int) and isinstance(username, str)):
+            raise Unauthorized("invalid or expired token")
+        if not isinstance(credentials, str):
+            raise Unauthorized("invalid or expired token")
+        return StaffClaims(user_id=user_id, username=username, credentials=credentials)
     except (jwt.PyJWTError, KeyError, ValueError) as exc:
         raise Unauthorized("invalid or expired token") from exc
 

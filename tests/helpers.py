@@ -56,3 +56,29 @@ def problem(response: Any, status: int) -> dict[str, Any]:
     for leak in ("Traceback", "sqlalchemy", "SELECT ", "/work/", ".py"):
         assert leak not in response.text
     return body
+
+
+def staff_claims(settings: Any, username: str) -> dict[str, Any]:
+    """The account-bound claims of a staff token for `username` as the database holds it now
+    (`uid`, `cred`), for tests that forge or issue tokens themselves."""
+    import asyncio
+
+    from sqlalchemy import select
+
+    from app.db import Database, make_engine
+    from app.models.user import User
+    from app.security import credentials_stamp
+
+    async def read() -> dict[str, Any]:
+        db = Database(make_engine(settings.database_url, pool_size=1))
+        try:
+            async with db.reader() as session:
+                user = (
+                    await session.execute(select(User).where(User.username == username))  # type: ignore[arg-type]
+                ).scalar_one()
+                assert user.id is not None
+                return {"uid": user.id, "cred": credentials_stamp(settings, user.password_hash)}
+        finally:
+            await db.dispose()
+
+    return asyncio.run(read())

@@ -27,8 +27,10 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jwt
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -42,8 +44,9 @@ from app.config import Settings
 from app.main import create_app
 from app.models.user import Role
 from app.resources import ALL
-from app.security import issue_access_token
+from app.security import ALGORITHM
 from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
+from tests.helpers import staff_claims
 
 EXAMPLES = {"postgresql": 100, "sqlite": 100}
 # The suite draws the same examples every run (a red CI is then a regression, reproducible by
@@ -167,7 +170,19 @@ def admin(db_factory: DatabaseFactory) -> Iterator[dict[str, str]]:
     with schemathesis_asgi.get_client(app):
         pass
     FORWARD.target = app
-    token, _ = issue_access_token(settings, "admin", Role.admin)
+    account = staff_claims(settings, "admin")
+    token = jwt.encode(
+        {
+            "sub": "admin",
+            **account,
+            "role": Role.admin.value,
+            "iat": datetime.now(UTC),
+            "exp": datetime.now(UTC) + timedelta(minutes=30),
+            "typ": "access",
+        },
+        settings.secret_key,
+        algorithm=ALGORITHM,
+    )
     try:
         yield {"Authorization": f"Bearer {token}"}
     finally:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
-from tests.helpers import API, problem
+from tests.helpers import API, problem, staff_claims
 from tests.servers import rss_kib, server
 
 ADMIN_ONLY = re.compile(r"^/api/v1/(users|tokens)")
@@ -105,11 +105,12 @@ def _forge(
 
 
 def test_forged_expired_unsigned_and_revoked_credentials_get_401(
-    anon: TestClient, tokens: dict[str, str]
+    anon: TestClient, tokens: dict[str, str], settings: Settings
 ) -> None:
     now = datetime.now(UTC)
     good = {
         "sub": "admin",
+        **staff_claims(settings, "admin"),
         "role": "admin",
         "iat": now,
         "exp": now + timedelta(minutes=5),

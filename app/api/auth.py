@@ -50,7 +50,10 @@ async def login(
         # No account can have such a name, and the database refuses to store or compare it.
         raise Invalid.field("username", "用户名不能包含 NUL 字符 (no NUL characters)", "body")
     user = await user_service.authenticate(session, settings, form.username, form.password, address)
-    token, lifetime = issue_access_token(settings, user.username, Role(user.role))
+    assert user.id is not None
+    token, lifetime = issue_access_token(
+        settings, user.id, user.username, Role(user.role), user.password_hash
+    )
     return AccessToken(access_token=token, expires_in=lifetime)
 
 

@@ -117,7 +117,8 @@ async def principal_from(
     token = token.strip()
     if token.startswith(security.TOKEN_PREFIX):
         return await user_service.principal_for_token(app.state.db, token, session)
-    return security.read_access_token(app.state.settings, token)
+    claims = security.read_access_token(app.state.settings, token)
+    return await user_service.principal_for_staff(app.state.db, app.state.settings, claims, session)
 
 
 _CALLER = "principal"  # the request state's key for the caller once resolved

@@ -1,5 +1,6 @@
 """Accounts and tokens: creation, login with rate limiting, token checks, the start-up admin."""
 
+import hmac
 import json
 import logging
 import math
@@ -120,11 +121,10 @@ async def authenticate(
                 "too many failed logins; try again later", headers={"Retry-After": str(wait)}
             )
     user = await session.scalar(select(User).where(col(User.username) == username))
-    ok = (
-        user is not None
-        and user.is_active
-        and await security.verify_password(password, user.password_hash)
-    )
+    # An unknown or disabled account costs a hash too: the answer's timing tells nothing.
+    known = user is not None and user.is_active
+    stored = user.password_hash if user is not None and known else await security.decoy_hash()
+    ok = await security.verify_password(password, stored) and known
     if ok and user is not None:
         return user
     session.add(LoginFailure(username=username[:100], address=address[:64], at=now))
@@ -179,6 +179,39 @@ def _token_statement() -> Any:
     table = ApiToken.__table__  # type: ignore[attr-defined]
     columns = ("token_hash", "revoked_at", "expires_at", "name", "scopes")
     return select(*(table.c[c] for c in columns)).where(table.c.id == bindparam("id"))
+
+
+def _user_statement() -> Any:
+    table = User.__table__  # type: ignore[attr-defined]
+    columns = ("username", "password_hash", "role", "is_active")
+    return select(*(table.c[c] for c in columns)).where(table.c.id == bindparam("id"))
+
+
+async def principal_for_staff(
+    db: Database, settings: Settings, claims: security.StaffClaims, session: AsyncSession | None
+) -> Principal:
+    """The caller a staff token names, as the account is now: it must still exist, be active
+    and have the password the token was issued under, and its current role is what applies.
+    So disabling, demoting, deleting or a new password takes effect on the next request. One
+    lookup by primary key, on `session` (the request's own) or a connection of its own."""
+    if not 1 <= claims.user_id <= MAX_ID:
+        raise Unauthorized("invalid or expired token")
+    stmt = statement(("staff",), _user_statement)
+    if session is not None:
+        account = one(await run(session, stmt, {"id": claims.user_id}))
+    else:
+        async with db.reader() as own:
+            account = one(await run(own, stmt, {"id": claims.user_id}))
+    if (
+        account is None
+        or account.username != claims.username
+        or not account.is_active
+        or not hmac.compare_digest(
+            security.credentials_stamp(settings, account.password_hash), claims.credentials
+        )
+    ):
+        raise Unauthorized("this sign-in is no longer valid; log in again")
+    return Principal(name=account.username, role=Role(account.role), kind="user")
 
 
 async def principal_for_token(
