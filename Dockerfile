@@ -14,7 +14,9 @@ FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    DATABASE_URL=sqlite:////data/registry.db
+    DATABASE_URL=sqlite:////data/registry.db \
+    ENVIRONMENT=production \
+    SECRET_KEY_FILE=/data/secret_key
 RUN groupadd --system app && useradd --system --gid app --home-dir /srv --no-create-home app \
     && mkdir -p /data && chown app:app /data
 WORKDIR /srv

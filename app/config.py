@@ -1,15 +1,18 @@
 """Settings, read from the environment (and an optional `.env` file)."""
 
+import contextlib
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_SQLITE_PATH = PROJECT_DIR / "var" / "registry.db"
-DEV_SECRET = "dev-only-secret-change-me-in-production-0000"
+DEFAULT_SECRET_KEY_FILE = PROJECT_DIR / "var" / "secret_key"
 
 
 class Settings(BaseSettings):
@@ -26,11 +29,15 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     environment: Literal["development", "production"] = "development"
-    secret_key: str = DEV_SECRET
+    # Signs staff tokens. Unset: a random key made on first start and kept in SECRET_KEY_FILE
+    # (mode 0600) with the data, reused on restart; instances on several machines must share
+    # one SECRET_KEY instead. There is no built-in key anyone could know.
+    secret_key: str = Field(default="", repr=False)
+    secret_key_file: Path = DEFAULT_SECRET_KEY_FILE
     access_token_minutes: int = 30
     # Reads without logging in; writes always need an editor.
     public_read: bool = False
-    registry_admin_password: str | None = None
+    registry_admin_password: str | None = Field(default=None, repr=False)
     max_body_bytes: int = 1024 * 1024
     # The spreadsheet import's own cap: large enough for a whole park's export.
     import_max_body_bytes: int = 64 * 1024 * 1024
@@ -45,13 +52,37 @@ class Settings(BaseSettings):
             raise ValueError("REGISTRY_ADMIN_PASSWORD must have at least 8 characters")
         if not 1 <= self.access_token_minutes <= 30:
             raise ValueError("ACCESS_TOKEN_MINUTES must be between 1 and 30")
-        if self.environment == "production" and (
-            self.secret_key == DEV_SECRET or len(self.secret_key) < 32
-        ):
-            raise ValueError(
-                "ENVIRONMENT=production needs its own SECRET_KEY of at least 32 characters"
-            )
+        if self.secret_key and len(self.secret_key) < 32:
+            raise ValueError("SECRET_KEY must have at least 32 characters (or be unset)")
+        if not self.secret_key:
+            self.secret_key = kept_secret(self.secret_key_file)
         return self
+
+
+def kept_secret(path: Path) -> str:
+    """The key kept at `path`, made on first use: 384 random bits, readable by this user only,
+    published whole (written aside, then linked into place) so that several workers starting
+    at once all read the one key that won."""
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = ""
+    if len(kept) >= 32:
+        return kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(48) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+    finally:
+        draft.unlink(missing_ok=True)
+    kept = path.read_text().strip()
+    if len(kept) < 32:
+        raise ValueError(f"{path} holds no usable key: remove it, or set SECRET_KEY")
+    return kept
 
 
 @lru_cache

@@ -3,6 +3,7 @@
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -96,11 +97,7 @@ def test_public_read_lets_anonymous_read_but_never_write(database_url: str) -> N
         problem(anon.get(f"{API}/users"), 401)
 
 
-def _forge(
-    claims: dict[str, Any],
-    key: str = "dev-only-secret-change-me-in-production-0000",
-    alg: str = "HS256",
-) -> str:
+def _forge(claims: dict[str, Any], key: str, alg: str = "HS256") -> str:
     return jwt.encode(claims, key, algorithm=alg)
 
 
@@ -129,18 +126,20 @@ def test_forged_expired_unsigned_and_revoked_credentials_get_401(
         ).encode()
     ).decode()
     attacks = {
-        "wrong key": _forge(good, key="another-secret-another-secret-another"),
+        "wrong key": _forge(good, "another-secret-another-secret-another"),
         "expired": _forge(
-            {**good, "iat": now - timedelta(hours=2), "exp": now - timedelta(hours=1)}
+            {**good, "iat": now - timedelta(hours=2), "exp": now - timedelta(hours=1)},
+            settings.secret_key,
         ),
         "alg none": f"{header}.{payload}.",
-        "no exp": _forge({k: v for k, v in good.items() if k != "exp"}),
-        "not an access token": _forge({**good, "typ": "refresh"}),
+        "no exp": _forge({k: v for k, v in good.items() if k != "exp"}, settings.secret_key),
+        "not an access token": _forge({**good, "typ": "refresh"}, settings.secret_key),
         "garbage": "not-a-jwt",
         "token with wrong secret": tokens["admin"][:-4] + "AAAA",
         "unknown token id": "pir_999_abcdef",
     }
-    assert anon.get(f"{API}/parks", headers=bearer(_forge(good))).status_code == 200  # the control
+    control = bearer(_forge(good, settings.secret_key))
+    assert anon.get(f"{API}/parks", headers=control).status_code == 200
     for name, token in attacks.items():
         response = anon.get(f"{API}/parks", headers=bearer(token))
         assert response.status_code == 401, name
@@ -249,10 +248,23 @@ def test_no_secret_ever_appears_in_a_response(anon: TestClient, tokens: dict[str
     )
 
 
-def test_production_refuses_the_default_secret() -> None:
+def test_no_usable_default_key(tmp_path: Path) -> None:
+    """Without SECRET_KEY a random key is made on first start, kept with the data (0600) and
+    reused; a key that is set must be long; nothing prints it."""
+    kept = tmp_path / "data" / "secret_key"
+    first = Settings(secret_key_file=kept)
+    assert len(first.secret_key) >= 32
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert Settings(secret_key_file=kept).secret_key == first.secret_key  # reused on restart
+    other = Settings(secret_key_file=tmp_path / "elsewhere" / "secret_key")
+    assert other.secret_key != first.secret_key  # random, not a value anyone could know
+    assert first.secret_key not in repr(first) and first.secret_key not in str(first)
     with pytest.raises(ValidationError, match="SECRET_KEY"):
-        Settings(environment="production")
+        Settings(environment="production", secret_key="short")
     assert Settings(environment="production", secret_key="x" * 40).environment == "production"
+    (tmp_path / "broken").write_text("x")
+    with pytest.raises(ValidationError, match="no usable key"):
+        Settings(secret_key_file=tmp_path / "broken")
     with pytest.raises(ValidationError):
         Settings(access_token_minutes=120)
 
