@@ -22,6 +22,7 @@ other's records, as they would in production. Operations without inputs (`/healt
 `GET /users`, …) have a single distinct request, so Hypothesis stops there.
 """
 
+import asyncio
 import copy
 import os
 import uuid
@@ -38,11 +39,13 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis.generation.stateful.state_machine import StepInput, StepOutput
 from schemathesis.python import asgi as schemathesis_asgi
+from sqlalchemy import update
 from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
+from app.db import Database, make_engine
 from app.main import create_app
-from app.models.user import Role
+from app.models.user import Role, User
 from app.resources import ALL
 from app.security import ALGORITHM
 from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
@@ -170,21 +173,11 @@ def admin(db_factory: DatabaseFactory) -> Iterator[dict[str, str]]:
     with schemathesis_asgi.get_client(app):
         pass
     FORWARD.target = app
-    account = staff_claims(settings, "admin")
-    token = jwt.encode(
-        {
-            "sub": "admin",
-            **account,
-            "role": Role.admin.value,
-            "iat": datetime.now(UTC),
-            "exp": datetime.now(UTC) + timedelta(minutes=30),
-            "typ": "access",
-        },
-        settings.secret_key,
-        algorithm=ALGORITHM,
-    )
+    headers: dict[str, str] = {}
+    HARNESS[db_factory.engine] = (settings, headers)
+    _restore_admin(db_factory.engine)
     try:
-        yield {"Authorization": f"Bearer {token}"}
+        yield headers
     finally:
         _report(db_factory.engine)
         FORWARD.target = None
@@ -216,9 +209,49 @@ def _report(engine: str) -> None:
 SENT: Counter[tuple[str, str, str]] = Counter()
 
 
+# The harness's own account, per engine: its settings and the headers every call sends.
+HARNESS: dict[str, tuple[Settings, dict[str, str]]] = {}
+
+
+def _restore_admin(engine: str) -> None:
+    """The harness signs in as `admin`. A staff token lasts only while its account is active,
+    an admin, and has the password it was issued under, and the fuzzed `PATCH /users/{id}`
+    may change any of them: put the account back and sign again."""
+    settings, headers = HARNESS[engine]
+
+    async def restore() -> None:
+        db = Database(make_engine(settings.database_url, pool_size=1))
+        try:
+            async with db.writer() as session:
+                await session.execute(
+                    update(User)
+                    .where(User.username == "admin")  # type: ignore[arg-type]
+                    .values(is_active=True, role=Role.admin.value)
+                )
+                await session.commit()
+        finally:
+            await db.dispose()
+
+    asyncio.run(restore())
+    now = datetime.now(UTC)
+    claims = {
+        "sub": "admin",
+        **staff_claims(settings, "admin"),
+        "role": Role.admin.value,
+        "iat": now,
+        "exp": now + timedelta(minutes=30),
+        "typ": "access",
+    }
+    headers["Authorization"] = f"Bearer {jwt.encode(claims, settings.secret_key, ALGORITHM)}"
+
+
 def _call(engine: str, case: schemathesis.Case, admin: dict[str, str]) -> None:
     SENT[engine, case.operation.label, case.meta.phase.name.value if case.meta else "?"] += 1
-    case.call_and_validate(headers=dict(admin))  # a copy: schemathesis adds to it
+    try:
+        case.call_and_validate(headers=dict(admin))  # a copy: schemathesis adds to it
+    finally:
+        if case.operation.label.startswith("PATCH /api/v1/users/"):
+            _restore_admin(engine)
 
 
 @pytest.mark.parametrize("db_factory", ["postgresql"], indirect=True)
