@@ -37,14 +37,19 @@ from app.api import deps
 from app.errors import Invalid
 from app.models.user import Role
 
+# An argument with no default: the request must give it.
+REQUIRED: Any = object()
+
 
 @dataclass(frozen=True)
 class _Input:
+    """How one argument of the endpoint is filled."""
+
     name: str  # the endpoint's argument
     kind: str  # path, query, header, query_model, body, request, session
     alias: str = ""  # the name in the request
     adapter: TypeAdapter[Any] | None = None
-    default: Any = inspect.Parameter.empty
+    default: Any = REQUIRED
 
 
 def _inputs(endpoint: Callable[..., Any]) -> list[_Input]:
@@ -58,7 +63,7 @@ def _inputs(endpoint: Callable[..., Any]) -> list[_Input]:
         marker = next(
             (m for m in meta if isinstance(m, params.Depends | params.Param | params.Body)), None
         )
-        default = parameter.default
+        default = REQUIRED if parameter.default is inspect.Parameter.empty else parameter.default
         if base is Request:
             found.append(_Input(name, "request"))
         elif isinstance(marker, params.Depends):
@@ -177,7 +182,7 @@ def _arguments(request: Request, inputs: list[_Input], body: bytes, session: Any
                 )
                 continue
         if raw is None and spec.kind not in ("body", "query_model"):
-            if spec.default is inspect.Parameter.empty:
+            if spec.default is REQUIRED:
                 errors.append(
                     {
                         "type": "missing",
