@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: float = 5.0
 
     @model_validator(mode="after")
-    def _safe_for_production(self) -> "Settings":
+    def _checked_and_keyed(self) -> "Settings":
         if self.registry_admin_password is not None and len(self.registry_admin_password) < 8:
             raise ValueError("REGISTRY_ADMIN_PASSWORD must have at least 8 characters")
         if not 1 <= self.access_token_minutes <= 30:

@@ -171,16 +171,14 @@ class Executor:
         params = params or {}
         form = _form(stmt, params, self.dialect) if isinstance(stmt, Prepared) else None
         if form is None:
-            target = stmt.stmt if isinstance(stmt, Prepared) else stmt
             conn = await self.connection()
             try:
-                result = await conn.execute(target, params)
+                return await _through_sqlalchemy(conn, stmt, params)
             except IntegrityError:
                 raise
             except BaseException:
                 self.failed = True
                 raise
-            return [Record(m) for m in result.mappings()] if result.returns_rows else []
         args = form.args(params)
         try:
             if self.sqlite:
@@ -276,8 +274,14 @@ async def run(
     found = executor(session)
     if found is not None:
         return await found.run(stmt, params)
-    target = stmt.stmt if isinstance(stmt, Prepared) else stmt
-    result = await (await session.connection()).execute(target, params or {})
+    return await _through_sqlalchemy(await session.connection(), stmt, params or {})
+
+
+async def _through_sqlalchemy(
+    conn: AsyncConnection, stmt: Any, params: dict[str, Any]
+) -> list[Record]:
+    """A statement run by SQLAlchemy's own execution, its rows as `Record`s."""
+    result = await conn.execute(stmt.stmt if isinstance(stmt, Prepared) else stmt, params)
     return [Record(m) for m in result.mappings()] if result.returns_rows else []
 
 
