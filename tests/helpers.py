@@ -48,6 +48,19 @@ def make_project(
     return post(client, "projects", {"park_id": park_id, "name": name, "stage": "signed", **extra})
 
 
+def make_target(client: TestClient, park_id: int, **extra: Any) -> dict[str, Any]:
+    """每年100个重点项目 for the park, unless `extra` says otherwise."""
+    body = {
+        "park_id": park_id,
+        "metric": "key_projects",
+        "value": "100",
+        "unit": "个",
+        "recurrence": "annual",
+        **extra,
+    }
+    return post(client, "targets", body)
+
+
 def problem(response: Any, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")

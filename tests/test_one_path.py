@@ -27,7 +27,15 @@ from app.resources import ALL, PARKS
 from app.services import records
 from app.services import user as user_service
 from tests.conftest import DatabaseFactory
-from tests.helpers import API, make_chain, make_enterprise, make_park, make_project, post
+from tests.helpers import (
+    API,
+    make_chain,
+    make_enterprise,
+    make_park,
+    make_project,
+    make_target,
+    post,
+)
 
 
 def _one_of_each(client: TestClient) -> dict[str, dict[str, Any]]:
@@ -41,19 +49,7 @@ def _one_of_each(client: TestClient) -> dict[str, dict[str, Any]]:
         "investments",
         {"project_id": project["id"], "kind": "planned_total", "amount": "30", "unit": "亿元"},
     )
-    target = post(
-        client,
-        "targets",
-        {
-            "park_id": park["id"],
-            "chain_id": chain["id"],
-            "metric": "key_projects",
-            "value": "100",
-            "unit": "个",
-            "period_start_year": 2021,
-            "recurrence": "annual",
-        },
-    )
+    target = make_target(client, park["id"], chain_id=chain["id"], period_start_year=2021)
     return {
         "sources": source,
         "parks": park,
@@ -102,18 +98,7 @@ def _one_of_each_again(client: TestClient, first: dict[str, dict[str, Any]]) -> 
             "investments",
             {"project_id": project["id"], "kind": "reported", "amount": "20", "unit": "亿元"},
         ),
-        "targets": post(
-            client,
-            "targets",
-            {
-                "park_id": park["id"],
-                "metric": "key_projects",
-                "value": "100",
-                "unit": "个",
-                "period_start_year": 2022,
-                "recurrence": "annual",
-            },
-        ),
+        "targets": make_target(client, park["id"], period_start_year=2022),
     }
 
 

@@ -2,7 +2,7 @@
 
 from fastapi.testclient import TestClient
 
-from tests.helpers import API, make_chain, make_enterprise, make_park, post, problem
+from tests.helpers import API, make_chain, make_enterprise, make_park, make_target, post, problem
 
 
 def test_a_client_builds_the_registry(client: TestClient) -> None:
@@ -72,17 +72,8 @@ def test_every_resource_answers_all_five_operations(client: TestClient) -> None:
         "investments",
         {"project_id": project["id"], "kind": "annual_plan", "amount": "5000", "unit": "万元"},
     )
-    target = post(
-        client,
-        "targets",
-        {
-            "park_id": park["id"],
-            "chain_id": chain["id"],
-            "metric": "projects_over_100m",
-            "value": "10",
-            "unit": "个",
-            "recurrence": "annual",
-        },
+    target = make_target(
+        client, park["id"], chain_id=chain["id"], metric="projects_over_100m", value="10"
     )
     records = {
         "sources": source,
