@@ -41,7 +41,29 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     # The spreadsheet import's own cap: large enough for a whole park's export.
     import_max_body_bytes: int = 64 * 1024 * 1024
+    # Spreadsheet import bounds: each refusal is a problem+json naming its limit and setting.
+    import_max_rows: int = 200_000
+    import_max_columns: int = 64
+    import_max_cell_chars: int = 32_767  # Excel's own limit for one cell
+    import_max_decompressed_bytes: int = 256 * 1024 * 1024  # an XLSX's XML, unzipped
+    # Idempotent replay keeps answers up to this size; a larger one is remembered as done,
+    # without its body.
+    idempotency_max_stored_bytes: int = 64 * 1024
+    # Failed logins: per (username, address) a minute, per address a minute (any username),
+    # per username an hour (any address; the slow global backoff).
     login_failures_per_minute: int = 10
+    login_failures_per_address_per_minute: int = 30
+    login_failures_per_user_per_hour: int = 200
+    # Peers (addresses or networks) whose X-Forwarded-For names the client; none by default,
+    # so the address is the TCP peer's.
+    trusted_proxies: list[str] = []
+    # Password hashes computed at once (each ~50 ms of one core); more logins wait their turn,
+    # holding no database connection.
+    login_hash_concurrency: int = 2
+    # Slow or oversized requests: the request line and headers together, and the time a client
+    # may take to send a whole request (headers and body).
+    max_request_header_bytes: int = 16 * 1024
+    client_timeout_seconds: float = 30.0
     # On SIGTERM /readyz answers 503 this long while requests are still served, so that balancers
     # (which probe every few seconds) stop sending before the server stops listening.
     shutdown_drain_seconds: float = 5.0
