@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from pwdlib import PasswordHash
 
 from app.config import Settings
@@ -47,13 +47,19 @@ class Principal:
         return RANK[self.role] >= RANK[role]
 
 
+# Argon2 is slow on purpose (~50 ms of a core, 64 MiB): off the event loop, and only this many
+# at once (LOGIN_HASH_CONCURRENCY, set when the app is built), so that a burst of logins queues
+# here instead of taking every core and thread from the requests of others. Callers hold no
+# database connection or lock while they wait or hash.
+hashing = CapacityLimiter(2)
+
+
 async def hash_password(password: str) -> str:
-    # Argon2 is slow on purpose: off the event loop.
-    return await to_thread.run_sync(_hasher.hash, password)
+    return await to_thread.run_sync(_hasher.hash, password, limiter=hashing)
 
 
 async def verify_password(password: str, password_hash: str) -> bool:
-    return await to_thread.run_sync(_hasher.verify, password, password_hash)
+    return await to_thread.run_sync(_hasher.verify, password, password_hash, limiter=hashing)
 
 
 _DECOY: list[str] = []
@@ -135,7 +141,8 @@ def parse_api_token(token: str) -> tuple[int, str] | None:
     if not token.startswith(TOKEN_PREFIX):
         return None
     ident, _, secret = token[len(TOKEN_PREFIX) :].partition("_")
-    if not ident.isdigit() or not secret:
+    # ASCII digits only: "¹".isdigit() is true, and int() refuses it.
+    if not (ident.isascii() and ident.isdigit()) or not secret:
         return None
     return int(ident), secret
 

@@ -67,11 +67,11 @@ async def _bootstrap(url: str) -> dict[str, str]:
         await user_service.ensure_admin(
             db, Settings(database_url=url, registry_admin_password=ADMIN_PASSWORD)
         )
+        for name, role in USERS.items():
+            await user_service.create_user(
+                db, UserCreate(username=name, password=f"{name}-password", role=role)
+            )
         async with db.writer() as session:
-            for name, role in USERS.items():
-                await user_service.create_user(
-                    session, UserCreate(username=name, password=f"{name}-password", role=role)
-                )
             for name, scopes in TOKENS.items():
                 _, tokens[name] = await user_service.create_token(
                     session, TokenCreate(name=f"test-{name}", scopes=scopes), "tests"

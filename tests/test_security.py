@@ -18,7 +18,7 @@ from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
 from tests.helpers import API, problem, staff_claims
 from tests.servers import rss_kib, server
 
-ADMIN_ONLY = re.compile(r"^/api/v1/(users|tokens)")
+ADMIN_ONLY = re.compile(r"^/api/v1/(users|tokens|audit)")
 
 
 def login(client: TestClient, username: str, password: str) -> str:
@@ -170,7 +170,13 @@ def test_the_eleventh_bad_login_in_a_minute_gets_429(anon: TestClient) -> None:
     assert "too many" in limited["detail"]
     retry = anon.post(f"{API}/auth/token", data={"username": "editor", "password": "wrong"})
     assert 1 <= int(retry.headers["retry-after"]) <= 60
-    # The same address is limited for every user too.
+    # Another user logs in from the same address: the limit is per (username, address)...
+    login(anon, "viewer", "viewer-password")
+    # ... until the address has failed 30 times in the minute, with whichever usernames.
+    for n in range(20):
+        problem(
+            anon.post(f"{API}/auth/token", data={"username": f"guess{n}", "password": "x"}), 401
+        )
     problem(
         anon.post(f"{API}/auth/token", data={"username": "viewer", "password": "viewer-password"}),
         429,

@@ -2,15 +2,25 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 
-from app.api.deps import CurrentPrincipal, DecimalRoute, IsAdmin, ReadSession, WriteSession
+from app.api.deps import (
+    CurrentPrincipal,
+    DecimalRoute,
+    IsAdmin,
+    ReadSession,
+    WriteSession,
+    client_address,
+)
 from app.config import Settings
 from app.errors import Invalid, responses
 from app.models.common import MAX_ID
 from app.models.user import (
     AccessToken,
+    AuditAction,
+    AuditPage,
+    AuditPublic,
     Role,
     TokenCreate,
     TokenCreated,
@@ -20,12 +30,14 @@ from app.models.user import (
     UserUpdate,
 )
 from app.security import Unauthorized, issue_access_token
+from app.services import audit
 from app.services import user as user_service
 
 # Its own route class: an included router keeps its routes' class, not the parent's.
 router = APIRouter(route_class=DecimalRoute)
 AUTH_TAG = "认证 Auth"
 ADMIN_TAG = "用户与令牌 Users & tokens"
+MAX_AUDIT_PAGE = 500
 
 
 @router.post(
@@ -42,17 +54,17 @@ ADMIN_TAG = "用户与令牌 Users & tokens"
     },
 )
 async def login(
-    request: Request, session: WriteSession, form: Annotated[OAuth2PasswordRequestForm, Depends()]
+    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]
 ) -> AccessToken:
     settings: Settings = request.app.state.settings
-    address = request.client.host if request.client else "unknown"
     if "\x00" in form.username:
         # No account can have such a name, and the database refuses to store or compare it.
         raise Invalid.field("username", "用户名不能包含 NUL 字符 (no NUL characters)", "body")
-    user = await user_service.authenticate(session, settings, form.username, form.password, address)
-    assert user.id is not None
+    account = await user_service.authenticate(
+        request.app.state.db, settings, form.username, form.password, client_address(request)
+    )
     token, lifetime = issue_access_token(
-        settings, user.id, user.username, Role(user.role), user.password_hash
+        settings, account.id, account.username, Role(account.role), account.password_hash
     )
     return AccessToken(access_token=token, expires_in=lifetime)
 
@@ -95,8 +107,8 @@ async def list_users(session: ReadSession) -> list[UserPublic]:
     dependencies=[IsAdmin],
     responses=responses(409, 422),
 )
-async def create_user(session: WriteSession, body: UserCreate, response: Response) -> UserPublic:
-    user = await user_service.create_user(session, body)
+async def create_user(request: Request, body: UserCreate, response: Response) -> UserPublic:
+    user = await user_service.create_user(request.app.state.db, body, client_address(request))
     response.headers["Location"] = f"/api/v1/users/{user.id}"
     return UserPublic.model_validate(user)
 
@@ -106,17 +118,22 @@ async def create_user(session: WriteSession, body: UserCreate, response: Respons
     response_model=UserPublic,
     tags=[ADMIN_TAG],
     summary="修改用户：角色、密码、停用（管理员）",
-    description="只改请求里给出的字段；`is_active: false` 停用账号，已签发的令牌在过期前仍有效。",
+    description=(
+        "只改请求里给出的字段；停用、降级或改密码对该用户已签发的令牌立即生效。"
+        " Disabling, demoting or a new password takes effect on the user's next request."
+    ),
     operation_id="update_user",
     dependencies=[IsAdmin],
     responses=responses(404, 422),
 )
 async def update_user(
-    session: WriteSession,
+    request: Request,
     user_id: Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="用户编号")],
     body: UserUpdate,
 ) -> UserPublic:
-    return UserPublic.model_validate(await user_service.update_user(session, user_id, body))
+    db = request.app.state.db
+    user = await user_service.update_user(db, user_id, body, client_address(request))
+    return UserPublic.model_validate(user)
 
 
 @router.get(
@@ -143,10 +160,14 @@ async def list_tokens(session: ReadSession) -> list[TokenPublic]:
     responses=responses(409, 422),
 )
 async def create_token(
-    session: WriteSession, body: TokenCreate, principal: Annotated[object, IsAdmin]
+    request: Request,
+    session: WriteSession,
+    body: TokenCreate,
+    principal: Annotated[object, IsAdmin],
 ) -> TokenCreated:
     creator = getattr(principal, "name", None)
-    record, token = await user_service.create_token(session, body, creator)
+    address = client_address(request)
+    record, token = await user_service.create_token(session, body, creator, address)
     return TokenCreated(**TokenPublic.model_validate(record).model_dump(), token=token)
 
 
@@ -161,8 +182,39 @@ async def create_token(
     responses=responses(404, 422),
 )
 async def revoke_token(
+    request: Request,
     session: WriteSession,
     token_id: Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="令牌编号")],
 ) -> Response:
-    await user_service.revoke_token(session, token_id)
+    await user_service.revoke_token(session, token_id, client_address(request))
     return Response(status_code=204)
+
+
+@router.get(
+    "/audit",
+    response_model=AuditPage,
+    tags=[ADMIN_TAG],
+    summary="访问审计：登录、账号与令牌的变化（管理员）",
+    description=(
+        "谁在何时、从哪里登录（成功或失败）、新建或修改账号（角色、停用、密码）、新建或吊销令牌；"
+        "最新在前，以 before=next_before 翻页。失败的登录保留 90 天，其余事件长期保留。"
+        " Access audit trail, newest first."
+    ),
+    operation_id="list_audit_events",
+    dependencies=[IsAdmin],
+    responses=responses(422),
+)
+async def list_audit_events(
+    session: ReadSession,
+    limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_PAGE, description="最多条数")] = 100,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="只看编号小于此值的事件（翻页）")
+    ] = None,
+    action: Annotated[AuditAction | None, Query(description="只看某类事件")] = None,
+    subject: Annotated[
+        str | None, Query(max_length=200, description="只看某个账号或令牌，如 user:zhangsan")
+    ] = None,
+    actor: Annotated[str | None, Query(max_length=200, description="只看某个操作者")] = None,
+) -> AuditPage:
+    events, next_before = await audit.page(session, limit, before, action, subject, actor)
+    return AuditPage(items=[AuditPublic.model_validate(e) for e in events], next_before=next_before)

@@ -121,6 +121,13 @@ async def principal_from(
     return await user_service.principal_for_staff(app.state.db, app.state.settings, claims, session)
 
 
+def client_address(request: Request) -> str:
+    """Where the request came from, as the audit trail and the login limits see it: the TCP
+    peer, or the client a trusted proxy names in X-Forwarded-For (TRUSTED_PROXIES, applied by
+    the server: `shutdown.serve`)."""
+    return request.client.host if request.client else "unknown"
+
+
 _CALLER = "principal"  # the request state's key for the caller once resolved
 
 

@@ -10,16 +10,16 @@ from app.models.park import Park
 from app.models.project import Project
 from app.models.source import Source
 from app.models.target import Target
-from app.models.user import ApiToken, LoginFailure, User
+from app.models.user import ApiToken, AuditEvent, User
 
 __all__ = [
     "ApiToken",
+    "AuditEvent",
     "Chain",
     "Change",
     "Enterprise",
     "IdempotencyKey",
     "Investment",
-    "LoginFailure",
     "MirrorState",
     "Park",
     "Project",

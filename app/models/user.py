@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import ConfigDict, StrictBool
 from sqlalchemy import JSON, Index, String
@@ -53,14 +54,26 @@ class ApiToken(SQLModel, table=True):
     created_by: str | None = Field(default=None, sa_type=String(200))
 
 
-class LoginFailure(SQLModel, table=True):
-    __tablename__ = "login_failure"
-    __table_args__ = (Index(None, "username", "at"), Index(None, "address", "at"))
+class AuditEvent(SQLModel, table=True):
+    """Who changed access to the registry, or tried to: logins (both outcomes), accounts and
+    service tokens made, changed, disabled or revoked. Failed logins are also what the login
+    limits count (`services.audit`)."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        Index(None, "action", "at"),
+        Index(None, "subject", "at"),
+        Index(None, "address", "at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    username: str = Field(sa_type=String(100))
-    address: str = Field(sa_type=String(64))
     at: datetime = Field(sa_type=UTCDateTime)
+    action: str = Field(sa_type=String(32))
+    actor: str | None = Field(default=None, sa_type=String(200))  # who: a principal's name
+    subject: str | None = Field(default=None, sa_type=String(200))  # whose access: user:…/token:…
+    address: str | None = Field(default=None, sa_type=String(64))  # from where: client address
+    request_id: str | None = Field(default=None, sa_type=String(100))
+    detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
 class UserCreate(SQLModel):
@@ -129,3 +142,37 @@ class AccessToken(SQLModel):
     )
     token_type: str = Field(default="bearer", description="令牌类型，固定为 bearer")
     expires_in: int = Field(description="有效秒数 (seconds until it expires)")
+
+
+class AuditAction(StrEnum):
+    """login.succeeded 登录成功 / login.failed 登录失败 / user.created 新建用户 / user.updated 修改
+    用户（角色、停用、密码）/ token.created 新建令牌 / token.revoked 吊销令牌"""
+
+    login_succeeded = "login.succeeded"
+    login_failed = "login.failed"
+    user_created = "user.created"
+    user_updated = "user.updated"
+    token_created = "token.created"
+    token_revoked = "token.revoked"
+
+
+class AuditPublic(SQLModel):
+    id: int = Field(description="事件编号，递增 (event id)")
+    at: datetime = Field(description="时间 (UTC)")
+    action: AuditAction = Field(description="事件")
+    actor: str | None = Field(description="操作者：用户名或 token:名称；登录事件为所用用户名")
+    subject: str | None = Field(
+        description="涉及的账号或令牌，如 user:zhangsan、token:sync-service"
+    )
+    address: str | None = Field(description="来源地址 (client address)")
+    request_id: str | None = Field(description="请求编号，对应日志中的 X-Request-ID")
+    detail: dict[str, Any] | None = Field(
+        description='变化内容，如 {"role": ["editor", "viewer"]}（旧值、新值）；不含密码'
+    )
+
+
+class AuditPage(SQLModel):
+    items: list[AuditPublic] = Field(description="按编号降序（最新在前）")
+    next_before: int | None = Field(
+        description="下一页：以 before=next_before 继续；为空表示没有更早的事件"
+    )

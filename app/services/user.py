@@ -3,15 +3,13 @@
 import hmac
 import json
 import logging
-import math
 import secrets
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped
 from sqlmodel import col
 
 from app import security
@@ -20,50 +18,82 @@ from app.db import Database, one, run, statement
 from app.db_types import utcnow
 from app.errors import Conflict, NotFound
 from app.models.common import MAX_ID
-from app.models.user import ApiToken, LoginFailure, Role, TokenCreate, User, UserCreate, UserUpdate
-from app.security import Principal, TooManyRequests, Unauthorized
+from app.models.user import (
+    ApiToken,
+    AuditAction,
+    Role,
+    TokenCreate,
+    User,
+    UserCreate,
+    UserUpdate,
+)
+from app.security import Principal, Unauthorized
+from app.services import audit
 
 log = logging.getLogger("app.users")
 WINDOW = timedelta(minutes=1)
 ADMIN = "admin"
 
 
-async def create_user(session: AsyncSession, body: UserCreate) -> User:
-    if (
-        await session.scalar(select(col(User.id)).where(col(User.username) == body.username))
-        is not None
-    ):
-        raise Conflict(f"user '{body.username}' already exists")
-    now = utcnow()
-    user = User(
-        username=body.username,
-        password_hash=await security.hash_password(body.password),
-        role=body.role.value,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(user)
-    try:
+async def create_user(db: Database, body: UserCreate, address: str | None = None) -> User:
+    """The new account; its password is hashed first, holding no connection or lock."""
+    password_hash = await security.hash_password(body.password)
+    async with db.writer() as session:
+        if (
+            await session.scalar(select(col(User.id)).where(col(User.username) == body.username))
+            is not None
+        ):
+            raise Conflict(f"user '{body.username}' already exists")
+        now = utcnow()
+        user = User(
+            username=body.username,
+            password_hash=password_hash,
+            role=body.role.value,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(user)
+        audit.record(
+            session,
+            AuditAction.user_created,
+            audit.user_subject(body.username),
+            address,
+            {"role": body.role.value},
+        )
+        try:
+            await session.commit()
+        except IntegrityError as exc:
+            await session.rollback()
+            raise Conflict(f"user '{body.username}' already exists") from exc
+        return user
+
+
+async def update_user(
+    db: Database, user_id: int, body: UserUpdate, address: str | None = None
+) -> User:
+    """The account as changed; the audit trail gets each change as [old, new] (a password only
+    as "changed"). A new password is hashed first, holding no connection or lock."""
+    password_hash = None if body.password is None else await security.hash_password(body.password)
+    async with db.writer() as session:
+        user = await session.scalar(select(User).where(col(User.id) == user_id).with_for_update())
+        if user is None:
+            raise NotFound(f"user {user_id} does not exist")
+        changed: dict[str, Any] = {}
+        if password_hash is not None:
+            user.password_hash = password_hash
+            changed["password"] = "changed"
+        if body.role is not None and body.role.value != user.role:
+            changed["role"] = [user.role, body.role.value]
+            user.role = body.role.value
+        if body.is_active is not None and body.is_active != user.is_active:
+            changed["is_active"] = [user.is_active, body.is_active]
+            user.is_active = body.is_active
+        user.updated_at = utcnow()
+        if changed:
+            subject = audit.user_subject(user.username)
+            audit.record(session, AuditAction.user_updated, subject, address, changed)
         await session.commit()
-    except IntegrityError as exc:
-        await session.rollback()
-        raise Conflict(f"user '{body.username}' already exists") from exc
-    return user
-
-
-async def update_user(session: AsyncSession, user_id: int, body: UserUpdate) -> User:
-    user = await session.scalar(select(User).where(col(User.id) == user_id).with_for_update())
-    if user is None:
-        raise NotFound(f"user {user_id} does not exist")
-    if body.password is not None:
-        user.password_hash = await security.hash_password(body.password)
-    if body.role is not None:
-        user.role = body.role.value
-    if body.is_active is not None:
-        user.is_active = body.is_active
-    user.updated_at = utcnow()
-    await session.commit()
-    return user
+        return user
 
 
 async def list_users(session: AsyncSession) -> list[User]:
@@ -84,59 +114,48 @@ async def ensure_admin(db: Database, settings: Settings) -> str | None:
         return None
     password = settings.registry_admin_password or secrets.token_urlsafe(12)
     try:
-        async with db.writer() as session:
-            await create_user(
-                session, UserCreate(username=ADMIN, password=password, role=Role.admin)
-            )
+        await create_user(db, UserCreate(username=ADMIN, password=password, role=Role.admin))
     except Conflict:
         return None  # another worker created it first
     return None if settings.registry_admin_password else password
 
 
-async def _failures_since(
-    session: AsyncSession, column: Mapped[str], value: str, since: datetime
-) -> list[datetime]:
-    stmt = (
-        select(col(LoginFailure.at))
-        .where(column == value, col(LoginFailure.at) > since)
-        .order_by(col(LoginFailure.at))
-    )
-    return list(await session.scalars(stmt))
-
-
 async def authenticate(
-    session: AsyncSession, settings: Settings, username: str, password: str, address: str
-) -> User:
-    """The user, or 401; 429 with Retry-After once too many logins failed within a minute."""
-    now = utcnow()
-    since = now - WINDOW
-    for column, value in (
-        (col(LoginFailure.username), username),
-        (col(LoginFailure.address), address),
-    ):
-        recent = await _failures_since(session, column, value, since)
-        if len(recent) >= settings.login_failures_per_minute:
-            wait = max(1, math.ceil((recent[0] + WINDOW - now).total_seconds()))
-            raise TooManyRequests(
-                "too many failed logins; try again later", headers={"Retry-After": str(wait)}
+    db: Database, settings: Settings, username: str, password: str, address: str
+) -> Any:
+    """The account's id, username, role and password hash, or 401; 429 with Retry-After once
+    too many logins failed (`audit.check_login_limits`). The password is checked holding no
+    connection or lock: a burst of logins waits for the hashing limiter, not for the pool."""
+    table = User.__table__  # type: ignore[attr-defined]
+    async with db.reader() as session:
+        await audit.check_login_limits(session, settings, username, address)
+        account = (
+            await session.execute(
+                select(table.c.id, table.c.username, table.c.role, table.c.password_hash).where(
+                    table.c.username == username, table.c.is_active
+                )
             )
-    user = await session.scalar(select(User).where(col(User.username) == username))
+        ).first()
     # An unknown or disabled account costs a hash too: the answer's timing tells nothing.
-    known = user is not None and user.is_active
-    stored = user.password_hash if user is not None and known else await security.decoy_hash()
-    ok = await security.verify_password(password, stored) and known
-    if ok and user is not None:
-        return user
-    session.add(LoginFailure(username=username[:100], address=address[:64], at=now))
-    await session.execute(
-        delete(LoginFailure).where(col(LoginFailure.at) < now - timedelta(days=1))
-    )
-    await session.commit()
+    stored = account.password_hash if account is not None else await security.decoy_hash()
+    ok = await security.verify_password(password, stored) and account is not None
+    async with db.writer() as session:
+        if ok:
+            audit.record(
+                session,
+                AuditAction.login_succeeded,
+                audit.user_subject(username),
+                address,
+                actor=username,
+            )
+            await session.commit()
+            return account
+        await audit.login_failed(session, username, address)
     raise Unauthorized("wrong username or password")
 
 
 async def create_token(
-    session: AsyncSession, body: TokenCreate, created_by: str | None
+    session: AsyncSession, body: TokenCreate, created_by: str | None, address: str | None = None
 ) -> tuple[ApiToken, str]:
     if (
         await session.scalar(select(col(ApiToken.id)).where(col(ApiToken.name) == body.name))
@@ -155,11 +174,20 @@ async def create_token(
     await session.flush()
     assert record.id is not None
     token, record.token_hash = security.new_api_token(record.id)
+    detail = {
+        "scopes": record.scopes,
+        "expires_at": body.expires_at.isoformat() if body.expires_at else None,
+    }
+    audit.record(
+        session, AuditAction.token_created, audit.token_subject(body.name), address, detail
+    )
     await session.commit()
     return record, token
 
 
-async def revoke_token(session: AsyncSession, token_id: int) -> ApiToken:
+async def revoke_token(
+    session: AsyncSession, token_id: int, address: str | None = None
+) -> ApiToken:
     record = await session.scalar(
         select(ApiToken).where(col(ApiToken.id) == token_id).with_for_update()
     )
@@ -167,6 +195,7 @@ async def revoke_token(session: AsyncSession, token_id: int) -> ApiToken:
         raise NotFound(f"token {token_id} does not exist")
     if record.revoked_at is None:
         record.revoked_at = utcnow()
+        audit.record(session, AuditAction.token_revoked, audit.token_subject(record.name), address)
         await session.commit()
     return record
 
