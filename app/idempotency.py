@@ -1,8 +1,14 @@
 """`Idempotency-Key` on POST: the same key and body replay the first response; another body
 with the same key is refused (422); a repeat while the first is still running gets 409.
-Keys are scoped to the caller and kept for at least 24 hours (purged after 48)."""
+Keys are scoped to the caller and kept for at least 24 hours (purged after 48).
+
+Nothing kept is a secret: the request is kept as a keyed digest (a password in a body cannot be
+guessed from it without SECRET_KEY), answers holding a secret are never kept (NEVER_REPLAYED),
+and an answer larger than IDEMPOTENCY_MAX_STORED_BYTES is remembered as done without its body:
+a repeat learns that it was done (409), and is not carried out twice."""
 
 import hashlib
+import hmac
 import json
 from datetime import timedelta
 from typing import Any
@@ -16,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import deps
+from app.config import Settings
 from app.db import Database
 from app.db_types import utcnow
 from app.errors import AppError, problem_response
@@ -37,14 +44,13 @@ def _problem(
     return problem_response(Request(scope), status, slug, title, detail, headers=headers)
 
 
-def _fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
+def _fingerprint(secret: str, method: str, path: str, query: bytes, body: bytes) -> str:
     try:  # the same JSON, however it is spaced or ordered, is the same request
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
     except ValueError:
         canonical = body
-    return hashlib.sha256(
-        b"\n".join([method.encode(), path.encode(), query, canonical])
-    ).hexdigest()
+    request = b"\n".join([method.encode(), path.encode(), query, canonical])
+    return hmac.new(secret.encode(), request, hashlib.sha256).hexdigest()
 
 
 class Idempotency:
@@ -85,7 +91,9 @@ class Idempotency:
             await refusal(scope, receive, send)
             return
         body = b"".join(chunks)
-        fingerprint = _fingerprint("POST", path, scope.get("query_string", b""), body)
+        settings: Settings = scope["app"].state.settings
+        query = scope.get("query_string", b"")
+        fingerprint = _fingerprint(settings.secret_key, "POST", path, query, body)
         db: Database = scope["app"].state.db
         claimed = await self._claim(scope, db, caller or "anonymous", key, fingerprint)
         if isinstance(claimed, Response):
@@ -101,14 +109,21 @@ class Idempotency:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        captured: dict[str, Any] = {"body": []}
+        captured: dict[str, Any] = {"body": [], "size": 0}
+        keep = settings.idempotency_max_stored_bytes
 
         async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
                 captured["status"] = message["status"]
                 captured["headers"] = message.get("headers", [])
-            elif message["type"] == "http.response.body":
-                captured["body"].append(message.get("body", b""))
+            elif message["type"] == "http.response.body" and captured["body"] is not None:
+                chunk = message.get("body", b"")
+                captured["size"] += len(chunk)
+                # Past the bound the answer is only passed on: not kept, not even in memory.
+                if captured["size"] <= keep:
+                    captured["body"].append(chunk)
+                else:
+                    captured["body"] = None
             await send(message)
 
         try:
@@ -160,6 +175,15 @@ class Idempotency:
                     "Validation error",
                     "this Idempotency-Key was used with a different request; use a new key",
                 )
+            if found.done and found.response_status is not None and found.response_body is None:
+                return _problem(
+                    scope,
+                    409,
+                    "Conflict",
+                    f"这个 Idempotency-Key 的请求已于 {found.created_at:%Y-%m-%d %H:%M:%S} UTC 完成"
+                    f"（状态 {found.response_status}），回答太大未保存；结果见变更流 /api/v1/changes"
+                    " (this request was already carried out; its answer was too large to keep)",
+                )
             if found.done and found.response_status is not None:
                 return Response(
                     found.response_body or b"",
@@ -190,8 +214,9 @@ class Idempotency:
             if row is not None:
                 row.done = True
                 row.response_status = captured["status"]
-                row.response_headers = headers
-                row.response_body = b"".join(captured["body"])
+                body = captured["body"]  # None: too large to keep
+                row.response_headers = headers if body is not None else []
+                row.response_body = None if body is None else b"".join(body)
                 await session.commit()
 
     async def _release(self, db: Database, row_id: int) -> None:

@@ -129,13 +129,17 @@ def _stopped_on_request(signum: int, frame: FrameType | None) -> None:
 
 
 def serve(*, host: str, port: int, workers: int, access_log: bool) -> int:
+    settings = get_settings()
     config = uvicorn.Config(
         "app.shutdown:app_with_drain",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        proxy_headers=True,
+        # X-Forwarded-For names the client only when the peer is a trusted proxy; uvicorn's
+        # default would trust any local peer.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies,
         access_log=access_log,
         timeout_graceful_shutdown=GRACEFUL_TIMEOUT_SECONDS,
     )

@@ -3,10 +3,10 @@
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import Query, Response
+from fastapi import Query, Request, Response
 
 from app.api.crud import Operations
-from app.api.deps import CanRead, ReadSession
+from app.api.deps import CanRead, ReadSession, caller
 from app.errors import responses
 from app.models.change import ChangePage
 from app.resources import ALL
@@ -28,6 +28,7 @@ ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  
     summary="变更流：按提交顺序列出所有写入",
     description=(
         "以 `after=上次的 last_seq` 轮询，不会漏掉、也不会重复任何变更；删除以墓碑 (data 为空) 出现。"
+        " 匿名读取（PUBLIC_READ）时不含操作者与请求编号。"
         " Poll with `after=last_seq`: no change is missed or seen twice."
     ),
     operation_id="list_changes",
@@ -35,6 +36,7 @@ ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  
     responses=responses(422),
 )
 async def list_changes(
+    request: Request,
     session: ReadSession,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="从此 seq 之后开始")] = 0,
     limit: Annotated[
@@ -42,5 +44,7 @@ async def list_changes(
     ] = 100,
     resource: Annotated[ResourceName | None, Query(description="只看某类资源")] = None,
 ) -> Response:
-    page = await changes.page_json(session, after, limit, resource.value if resource else None)
+    staff = await caller(request) is not None  # anonymous public reads see no staff names
+    name = resource.value if resource else None
+    page = await changes.page_json(session, after, limit, name, staff)
     return Response(page, media_type="application/json")

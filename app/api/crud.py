@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import pydantic_core
-from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel, Field, TypeAdapter
 
 from app.api.deps import (
@@ -14,14 +14,16 @@ from app.api.deps import (
     IfMatch,
     IfNoneMatch,
     ReadSession,
+    StaffRead,
     WriteSession,
+    deleted_for_staff,
     etags,
     none_match_tags,
 )
 from app.api.route import ResourceRoute
 from app.errors import NotFound, responses
 from app.models.change import ChangePublic
-from app.models.common import MAX_ID, Page
+from app.models.common import EXTERNAL_ID_PATTERN, MAX_ID, Page
 from app.resources import BY_NAME
 from app.services import batch, changes, records
 from app.services.records import ResourceSpec
@@ -136,7 +138,10 @@ def add_crud_routes(
         dependencies=[CanRead],
         responses=responses(422),
     )
-    async def list_records(session: ReadSession, params: Annotated[Filters, Query()]) -> Response:
+    async def list_records(
+        request: Request, session: ReadSession, params: Annotated[Filters, Query()]
+    ) -> Response:
+        await deleted_for_staff(request, params)
         rows, cursor = await records.list_page(session, spec, params)
         return page_response(spec, rows, cursor)
 
@@ -179,8 +184,11 @@ def add_crud_routes(
     )
     async def put_record(
         session: WriteSession,
+        # The body's own rule for external_id (no control character, no whitespace in any
+        # regex engine's sense): a key the body would refuse is not taken from the path either.
         external_id: Annotated[
-            str, Path(min_length=1, max_length=100, pattern=r"^[^/\s]+$", description="外部编号")
+            str,
+            Path(min_length=1, max_length=100, pattern=EXTERNAL_ID_PATTERN, description="外部编号"),
         ],
         body: Annotated[Create, Body(openapi_examples=create_examples)],
         if_match: IfMatch = None,
@@ -248,9 +256,12 @@ def add_crud_routes(
         response_model=list[ChangePublic],
         tags=tags,
         summary=f"{spec.title_zh}的修改历史：谁在何时改了什么",
-        description="按顺序列出该记录的每次新建、修改、删除，含操作者 (actor) 与请求编号；已删除的记录仍可查看。",
+        description=(
+            "按顺序列出该记录的每次新建、修改、删除，含操作者 (actor) 与请求编号；已删除的记录仍可查看。"
+            "需要登录（PUBLIC_READ 不含历史）。"
+        ),
         operation_id=f"get_{spec.singular}_history",
-        dependencies=[CanRead],
+        dependencies=[StaffRead],
         responses=responses(404, 422),
     )
     async def record_history(session: ReadSession, record_id: RecordId) -> Response:

@@ -143,11 +143,13 @@ async def caller(request: Request, session: AsyncSession | None = None) -> Princ
     return principal
 
 
-def authorize(settings: Settings, principal: Principal | None, role: Role) -> Principal | None:
+def authorize(
+    settings: Settings, principal: Principal | None, role: Role, public: bool = True
+) -> Principal | None:
     """Lets the caller through to an operation that needs `role`, and records it as the actor
-    of what the request writes."""
+    of what the request writes. With PUBLIC_READ anonymous callers may read what is `public`."""
     if principal is None:
-        if role == Role.viewer and settings.public_read:
+        if role == Role.viewer and public and settings.public_read:
             context.actor.set("anonymous")
             return None
         raise Unauthorized()
@@ -159,19 +161,28 @@ def authorize(settings: Settings, principal: Principal | None, role: Role) -> Pr
     return principal
 
 
-def require(role: Role) -> Any:
+def require(role: Role, public: bool = True) -> Any:
     async def check(
         request: Request,
         _staff: Annotated[str | None, Security(_oauth2)],
         _service: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> Principal | None:
-        return authorize(request.app.state.settings, await caller(request), role)
+        return authorize(request.app.state.settings, await caller(request), role, public)
 
     check.role = role  # type: ignore[attr-defined]  # read by `route.ResourceRoute`
+    check.public = public  # type: ignore[attr-defined]
     return Depends(check)
 
 
+async def deleted_for_staff(request: Request, params: Any) -> None:
+    """Public reads show the registry as it is, not what was deleted from it."""
+    if getattr(params, "include_deleted", False) and await caller(request) is None:
+        raise Unauthorized("登录后才能查看已删除的记录 (log in to see deleted records)")
+
+
 CanRead = require(Role.viewer)
+# Who changed what, and what was deleted, is for staff even when PUBLIC_READ is on.
+StaffRead = require(Role.viewer, public=False)
 CanWrite = require(Role.editor)
 IsAdmin = require(Role.admin)
 CurrentPrincipal = Annotated[Principal | None, CanRead]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
 from app.api.crud import tag
-from app.api.deps import CanRead, CanWrite, WriteSession
+from app.api.deps import CanRead, CanWrite, WriteSession, deleted_for_staff
 from app.db import Database
 from app.errors import responses
 from app.services import tabular
@@ -57,6 +57,7 @@ def _add_export(layout: Layout) -> None:
         },
     )
     async def export(request: Request, params: Annotated[Params, Query()]) -> StreamingResponse:
+        await deleted_for_staff(request, params)
         db: Database = request.app.state.db
         pages = tabular.pages(db, layout, tabular.list_params(spec, params))
         # The first page is read before answering, so a bad sort or filter is still a 422.

@@ -2,10 +2,10 @@
 
 from typing import Annotated, Any
 
-from fastapi import Path, Query, Response
+from fastapi import Path, Query, Request, Response
 
 from app.api.crud import Operations, page_response, tag
-from app.api.deps import CanRead, ReadSession
+from app.api.deps import CanRead, ReadSession, deleted_for_staff
 from app.errors import responses
 from app.models.common import MAX_ID, Page
 from app.models.investment import InvestmentPublic
@@ -29,10 +29,12 @@ _page: Any = Page[InvestmentPublic]
     responses=responses(404, 422),
 )
 async def list_project_investments(
+    request: Request,
     session: ReadSession,
     project_id: Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="项目编号")],
     params: Annotated[InvestmentFilters, Query()],
 ) -> Response:
+    await deleted_for_staff(request, params)
     await records.get_live(session, PROJECTS, project_id)
     rows, cursor = await records.list_page(
         session,

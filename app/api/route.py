@@ -114,7 +114,12 @@ class ResourceRoute(APIRoute):
             path = scope["path"]
             if not (path.startswith(self.head) if self.templated else path == self.head):
                 return Match.NONE, {}
-        return super().matches(scope)
+        try:
+            return super().matches(scope)
+        except ValueError:
+            # `{id:int}` matches any run of digits, and Starlette's `int()` refuses one of more
+            # than 4,300 (a 500 before this): no record has such an id.
+            return Match.NONE, {}
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         # Called once, as the route is built: the path's fixed part, for `matches`.
@@ -125,6 +130,7 @@ class ResourceRoute(APIRoute):
         if len(roles) != 1 or not isinstance(roles[0], Role):
             raise TypeError(f"{self.path}: a resource route takes exactly one role check")
         role: Role = roles[0]
+        public: bool = self.dependencies[0].dependency.public  # type: ignore[union-attr]
         endpoint = self.endpoint
         writes = any(i.kind == "session" and i.alias == "write" for i in inputs)
         wants_body = any(i.kind == "body" for i in inputs)
@@ -135,7 +141,7 @@ class ResourceRoute(APIRoute):
             db = request.app.state.db
             async with db.writing() if writes else db.reading() as session:
                 principal = await deps.caller(request, session)
-                deps.authorize(request.app.state.settings, principal, role)
+                deps.authorize(request.app.state.settings, principal, role, public)
                 arguments = _arguments(request, inputs, body, session)
                 response: Response = await endpoint(**arguments)
                 return response
@@ -169,7 +175,8 @@ def _arguments(request: Request, inputs: list[_Input], body: bytes, session: Any
         else:
             try:
                 raw = deps.decimal_json(body) if body else None
-            except ValueError as exc:
+            # RecursionError: arrays or objects nested deeper than the parser goes (`[[[[…`).
+            except (ValueError, RecursionError) as exc:
                 pos = getattr(exc, "pos", 0)
                 errors.append(
                     {
@@ -194,6 +201,14 @@ def _arguments(request: Request, inputs: list[_Input], body: bytes, session: Any
             else:
                 arguments[spec.name] = spec.default
             continue
+        if isinstance(raw, str) and "\x00" in raw:
+            errors.append(_nul(spec.kind, spec.alias, raw))
+            continue
+        if spec.kind == "query_model":
+            nul = [_nul("query", k, v) for k, v in raw.items() if "\x00" in k + v]
+            if nul:
+                errors += nul
+                continue
         if raw is None and spec.kind == "body":
             errors.append(
                 {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
@@ -214,6 +229,18 @@ def _arguments(request: Request, inputs: list[_Input], body: bytes, session: Any
     if errors:
         raise RequestValidationError(errors)
     return arguments
+
+
+def _nul(location: str, name: str, value: str) -> dict[str, Any]:
+    """A NUL character in a path, query or header value: PostgreSQL cannot hold one in text and
+    refuses the statement (a 500 before this), and no record's key or value contains one, so
+    every such argument is refused by name, whatever its type."""
+    return {
+        "type": "string_nul",
+        "loc": (location, name),
+        "msg": f"{name} 不能包含 NUL 字符 (U+0000) (text may not contain NUL)",
+        "input": value,
+    }
 
 
 def _single_valued(request: Request) -> dict[str, str]:

@@ -66,10 +66,13 @@ COLUMNS = tuple(c.key for c in Change.__table__.columns)  # type: ignore[attr-de
 assert COLUMNS[0] == "seq" and COLUMNS[-1] == "data"
 
 
-async def page_json(session: AsyncSession, seq: int, limit: int, resource: str | None) -> bytes:
+async def page_json(
+    session: AsyncSession, seq: int, limit: int, resource: str | None, staff: bool = True
+) -> bytes:
     """A feed page as JSON (the `ChangePage` schema), with each entry's `data` passed through
     as the JSON text it was stored as: the feed is read far more often than written, and
-    parsing every snapshot only to serialise it again was most of a page's cost."""
+    parsing every snapshot only to serialise it again was most of a page's cost. For callers
+    who are not `staff` (anonymous public reads) entries name no actor and no request."""
 
     def build() -> Any:
         table = Change.__table__  # type: ignore[attr-defined]
@@ -85,11 +88,12 @@ async def page_json(session: AsyncSession, seq: int, limit: int, resource: str |
     if resource is not None:
         values["resource"] = resource
     rows = await run(session, statement(("feed", resource is not None), build), values)
-    return page_bytes([tuple(r.values()) for r in rows], seq)
+    return page_bytes([tuple(r.values()) for r in rows], seq, staff)
 
 
-def page_bytes(rows: Sequence[Sequence[Any]], seq: int) -> bytes:
-    """The `ChangePage` JSON of feed rows (`_FEED_COLUMNS` and the data as text) after `seq`."""
+def page_bytes(rows: Sequence[Sequence[Any]], seq: int, staff: bool = True) -> bytes:
+    """The `ChangePage` JSON of feed rows (`COLUMNS`, the data as text) after `seq`; `actor`
+    and `request_id` only for `staff`."""
     items = []
     for row in rows:
         head = pydantic_core.to_json(
@@ -101,8 +105,8 @@ def page_bytes(rows: Sequence[Sequence[Any]], seq: int) -> bytes:
                 "op": row[4],
                 "version": row[5],
                 "changed_at": row[6],
-                "actor": row[7],
-                "request_id": row[8],
+                "actor": row[7] if staff else None,
+                "request_id": row[8] if staff else None,
             }
         )
         data = b"null" if row[9] is None else row[9].encode()
