@@ -91,12 +91,8 @@ def kept_secret(path: Path) -> str:
         kept = ""
     if len(kept) >= 32:
         return kept
-    path.parent.mkdir(parents=True, exist_ok=True)
-    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    draft = _private_draft(path, secrets.token_urlsafe(48) + "\n")
     try:
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(48) + "\n")
         with contextlib.suppress(FileExistsError):
             os.link(draft, path)
     finally:
@@ -105,6 +101,20 @@ def kept_secret(path: Path) -> str:
     if len(kept) < 32:
         raise ValueError(f"{path} holds no usable key: remove it, or set SECRET_KEY")
     return kept
+
+
+def write_private(path: Path, text: str) -> None:
+    """`text` in `path`, readable by this user only, replacing the file whole."""
+    os.replace(_private_draft(path, text), path)
+
+
+def _private_draft(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return draft
 
 
 @lru_cache

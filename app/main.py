@@ -12,10 +12,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import context, errors, migrate
+from app import context, errors, migrate, security
 from app.api import auth, changes, crud, dashboard, exchange, ops, projects, stats, targets
 from app.api.deps import DecimalRoute
-from app.config import Settings, get_settings
+from app.config import Settings, get_settings, write_private
 from app.dashboard.openapi_tags import OPENAPI_TAGS
 from app.db import Database, make_engine
 from app.idempotency import Idempotency
@@ -85,10 +85,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.schema_head = migrate.head_revision()
         generated = await user_service.ensure_admin(app.state.db, settings)
         if generated:
-            # Printed once, to the console of whoever started the service; never logged.
+            # Kept beside the key, not printed: a console is often a log someone keeps.
+            kept = settings.secret_key_file.with_name("admin_password")
+            write_private(kept, generated + "\n")
             print(
-                f"\n  Created user 'admin' with password: {generated}\n"
-                "  (shown once; set REGISTRY_ADMIN_PASSWORD to choose it)\n",
+                f"\n  Created user 'admin'; its password is in {kept} (readable by this user"
+                " only).\n  Change it after logging in, then delete the file;"
+                " or set REGISTRY_ADMIN_PASSWORD to choose it.\n",
                 flush=True,
             )
         # What start-up built (routes, models, schemas) lives as long as the process: keep it
@@ -120,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         **docs,
     )
     app.state.settings = settings
+    security.hashing.total_tokens = settings.login_hash_concurrency
     errors.install(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -294,21 +294,25 @@ def test_cors_star_never_comes_with_credentials(database_url: str) -> None:
         assert r.headers["access-control-allow-origin"] == "*"
 
 
-def test_first_start_creates_admin_and_prints_its_password_once(
-    db_factory: DatabaseFactory, capsys: pytest.CaptureFixture[str]
+def test_first_start_creates_admin_with_its_password_kept_not_printed(
+    db_factory: DatabaseFactory, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from app import migrate
 
     url = db_factory.empty()
     migrate.upgrade(url)
-    with TestClient(create_app(Settings(database_url=url))):
+    settings = Settings(database_url=url, secret_key_file=tmp_path / "data" / "secret_key")
+    with TestClient(create_app(settings)):
         pass
     printed = capsys.readouterr().out
-    password = re.search(r"Created user 'admin' with password: (\S+)", printed)
-    assert password, printed
-    with TestClient(create_app(Settings(database_url=url))) as c:
+    kept = tmp_path / "data" / "admin_password"
+    assert f"Created user 'admin'; its password is in {kept}" in printed, printed
+    assert kept.stat().st_mode & 0o777 == 0o600
+    password = kept.read_text().strip()
+    assert len(password) >= 16 and password not in printed
+    with TestClient(create_app(settings)) as c:
         assert "Created user" not in capsys.readouterr().out
-        token = login(c, "admin", password.group(1))
+        token = login(c, "admin", password)
         assert c.get(f"{API}/users", headers=bearer(token)).status_code == 200
     db_factory.drop(url)
 
