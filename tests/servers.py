@@ -43,10 +43,14 @@ def wait_until_up(base: str, process: subprocess.Popen[bytes], seconds: float = 
 
 @contextmanager
 def server(
-    database_url: str, workers: int = 1, log: Path | None = None, **env: str
+    database_url: str,
+    workers: int = 1,
+    log: Path | None = None,
+    access_log: bool = False,
+    **env: str,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m app serve` (the production command) on a free loopback port, its output in
-    `log` if given; stopped with SIGTERM afterwards."""
+    """`python -m app serve` (the production command) on a free loopback port, its output (and
+    a line per request if `access_log`) in `log` if given; stopped with SIGTERM afterwards."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -69,7 +73,7 @@ def server(
             str(port),
             "--workers",
             str(workers),
-            "--no-access-log",
+            *([] if access_log else ["--no-access-log"]),
         ],
         cwd=PROJECT_DIR,
         env=full_env,

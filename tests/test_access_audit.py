@@ -197,7 +197,7 @@ def test_no_secret_is_stored_or_logged(
 ) -> None:
     log = tmp_path / "server.log"
     secrets: list[str] = [ADMIN_PASSWORD, "viewer-password"]
-    with server(database_url, log=log) as (base, _):
+    with server(database_url, log=log, access_log=True) as (base, _):
         admin = token_of(base, "admin", ADMIN_PASSWORD)
         secrets += [admin, token_of(base, "viewer", "viewer-password")]
         replayable = {"Idempotency-Key": "k-1"}
@@ -232,6 +232,7 @@ def test_no_secret_is_stored_or_logged(
     stored, logged = everything_stored(database_url), log.read_text(errors="replace")
     assert "new-colleague" not in logged  # a sanity check that the log was written at all
     assert "Application startup complete" in logged
+    assert '"POST /api/v1/auth/token HTTP/1.1" 200' in logged  # a line per request
     secret_token_parts = [s.split("_", 2)[-1] for s in secrets if s.startswith("pir_")]
     found = [s for s in secrets + secret_token_parts if s in stored or s in logged]
     assert found == []
