@@ -22,10 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     user.add_argument("--username", required=True)
     user.add_argument("--password", required=True)
     user.add_argument("--role", choices=["viewer", "editor", "admin"], required=True)
+    parks_help = "comma-separated park ids it is limited to (default: every park)"
+    user.add_argument("--parks", default=None, help=parks_help)
     token = sub.add_parser("create-token", help="create a service token (printed once)")
     token.add_argument("--name", required=True)
     token.add_argument("--scopes", required=True, help="comma-separated: read,write,admin")
     token.add_argument("--expires-days", type=int, default=None)
+    token.add_argument("--parks", default=None, help=parks_help)
     mirror = sub.add_parser(
         "mirror", help="follow another registry's change feed into this database"
     )

@@ -18,18 +18,32 @@ from app.services import user as user_service
 ACTOR = "cli"
 
 
+def _parks(value: str | None) -> list[int] | None:
+    """`--parks 1,3` → [1, 3]; not given → None (every park)."""
+    if value is None:
+        return None
+    return [int(part) for part in value.split(",") if part.strip()]
+
+
 async def _run(args: argparse.Namespace) -> int:
     db = Database(make_engine(get_settings().database_url, pool_size=1, max_overflow=0))
     acting = context.actor.set(ACTOR)  # recorded in the audit trail as who did it
     try:
         if args.command == "create-user":
-            body = UserCreate(username=args.username, password=args.password, role=Role(args.role))
+            body = UserCreate(
+                username=args.username,
+                password=args.password,
+                role=Role(args.role),
+                park_ids=_parks(args.parks),
+            )
             user = await user_service.create_user(db, body)
             print(f"created user {user.username} ({user.role})")
             return 0
         expires = utcnow() + timedelta(days=args.expires_days) if args.expires_days else None
         scopes = [Scope(s.strip()) for s in args.scopes.split(",") if s.strip()]
-        token_body = TokenCreate(name=args.name, scopes=scopes, expires_at=expires)
+        token_body = TokenCreate(
+            name=args.name, scopes=scopes, expires_at=expires, park_ids=_parks(args.parks)
+        )
         async with db.writer() as session:
             record, secret = await user_service.create_token(session, token_body, ACTOR)
         print(f"created token {record.name} (scopes: {', '.join(record.scopes)}); shown once:")

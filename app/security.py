@@ -2,9 +2,11 @@
 
 import hashlib
 import hmac
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 from anyio import CapacityLimiter, to_thread
@@ -42,9 +44,18 @@ class Principal:
     name: str  # recorded as the actor of every write
     role: Role
     kind: str  # "user" or "token"
+    # The parks whose records it may see and change; None: every park (the city's view).
+    parks: frozenset[int] | None = None
 
     def allows(self, role: Role) -> bool:
         return RANK[self.role] >= RANK[role]
+
+    def sees(self, park_id: int | None) -> bool:
+        return self.parks is None or park_id in self.parks
+
+    def covers(self, parks: "frozenset[int] | None") -> bool:
+        """Whether its scope holds all of `parks` (None: every park)."""
+        return self.parks is None or (parks is not None and parks <= self.parks)
 
 
 # Argon2 is slow on purpose (~50 ms of a core, 64 MiB): off the event loop, and only this many
@@ -149,6 +160,13 @@ def parse_api_token(token: str) -> tuple[int, str] | None:
 
 def digest_matches(secret: str, stored: str) -> bool:
     return hmac.compare_digest(token_digest(secret), stored)
+
+
+def park_scope(value: Any) -> frozenset[int] | None:
+    """A stored `park_ids` (JSON: a list, null, or its text) as a principal's scope."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return None if value is None else frozenset(int(v) for v in value)
 
 
 def role_of_scopes(scopes: list[str]) -> Role:

@@ -236,6 +236,7 @@ def test_no_secret_ever_appears_in_a_response(anon: TestClient, tokens: dict[str
         "name": "token:sync",
         "role": "editor",
         "kind": "token",
+        "park_ids": None,
     }
     # Mass assignment: a role or a hash cannot ride along.
     problem(

@@ -1,6 +1,6 @@
 """Login, staff accounts and service tokens."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
@@ -29,7 +29,7 @@ from app.models.user import (
     UserPublic,
     UserUpdate,
 )
-from app.security import Unauthorized, issue_access_token
+from app.security import Forbidden, Principal, Unauthorized, issue_access_token
 from app.services import audit
 from app.services import user as user_service
 
@@ -38,6 +38,7 @@ router = APIRouter(route_class=DecimalRoute)
 AUTH_TAG = "认证 Auth"
 ADMIN_TAG = "用户与令牌 Users & tokens"
 MAX_AUDIT_PAGE = 500
+Admin = Annotated[Principal | None, IsAdmin]  # the admin acting: it manages only its own parks
 
 
 @router.post(
@@ -73,14 +74,23 @@ async def login(
     "/auth/me",
     tags=[AUTH_TAG],
     summary="当前身份",
-    description="返回当前令牌代表的用户或服务令牌及其角色；未登录返回 401。 Who am I.",
+    description=(
+        "返回当前令牌代表的用户或服务令牌、角色及园区范围（park_ids 为 null 即不限园区）；"
+        "未登录返回 401。 Who am I."
+    ),
     operation_id="whoami",
     responses={401: {"description": "未登录"}},
 )
-async def whoami(principal: CurrentPrincipal) -> dict[str, str]:
+async def whoami(principal: CurrentPrincipal) -> dict[str, Any]:
     if principal is None:
         raise Unauthorized()
-    return {"name": principal.name, "role": principal.role.value, "kind": principal.kind}
+    parks = None if principal.parks is None else sorted(principal.parks)
+    return {
+        "name": principal.name,
+        "role": principal.role.value,
+        "kind": principal.kind,
+        "park_ids": parks,
+    }
 
 
 @router.get(
@@ -88,12 +98,15 @@ async def whoami(principal: CurrentPrincipal) -> dict[str, str]:
     response_model=list[UserPublic],
     tags=[ADMIN_TAG],
     summary="列出用户（管理员）",
-    description="全部工作人员账号及其角色、是否启用；不含密码。 All staff accounts (admin only).",
+    description=(
+        "工作人员账号及其角色、是否启用、园区范围；不含密码。限园区的管理员只看到本园区的账号。"
+        " Staff accounts (admin only)."
+    ),
     operation_id="list_users",
-    dependencies=[IsAdmin],
 )
-async def list_users(session: ReadSession) -> list[UserPublic]:
-    return [UserPublic.model_validate(u) for u in await user_service.list_users(session)]
+async def list_users(session: ReadSession, acting: Admin) -> list[UserPublic]:
+    users = await user_service.list_users(session, acting)
+    return [UserPublic.model_validate(u) for u in users]
 
 
 @router.post(
@@ -104,11 +117,13 @@ async def list_users(session: ReadSession) -> list[UserPublic]:
     summary="新建用户（管理员）",
     description="角色 viewer 只读 / editor 可写登记数据 / admin 另可管理用户与令牌；密码只保存哈希。",
     operation_id="create_user",
-    dependencies=[IsAdmin],
     responses=responses(409, 422),
 )
-async def create_user(request: Request, body: UserCreate, response: Response) -> UserPublic:
-    user = await user_service.create_user(request.app.state.db, body, client_address(request))
+async def create_user(
+    request: Request, body: UserCreate, response: Response, acting: Admin
+) -> UserPublic:
+    db = request.app.state.db
+    user = await user_service.create_user(db, body, client_address(request), acting)
     response.headers["Location"] = f"/api/v1/users/{user.id}"
     return UserPublic.model_validate(user)
 
@@ -123,16 +138,16 @@ async def create_user(request: Request, body: UserCreate, response: Response) ->
         " Disabling, demoting or a new password takes effect on the user's next request."
     ),
     operation_id="update_user",
-    dependencies=[IsAdmin],
     responses=responses(404, 422),
 )
 async def update_user(
     request: Request,
+    acting: Admin,
     user_id: Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="用户编号")],
     body: UserUpdate,
 ) -> UserPublic:
     db = request.app.state.db
-    user = await user_service.update_user(db, user_id, body, client_address(request))
+    user = await user_service.update_user(db, user_id, body, client_address(request), acting)
     return UserPublic.model_validate(user)
 
 
@@ -143,10 +158,10 @@ async def update_user(
     summary="列出服务令牌（管理员）",
     description="服务令牌的名称、权限、过期与吊销时间；令牌原文只在新建时显示一次。",
     operation_id="list_tokens",
-    dependencies=[IsAdmin],
 )
-async def list_tokens(session: ReadSession) -> list[TokenPublic]:
-    return [TokenPublic.model_validate(t) for t in await user_service.list_tokens(session)]
+async def list_tokens(session: ReadSession, acting: Admin) -> list[TokenPublic]:
+    tokens = await user_service.list_tokens(session, acting)
+    return [TokenPublic.model_validate(t) for t in tokens]
 
 
 @router.post(
@@ -163,11 +178,11 @@ async def create_token(
     request: Request,
     session: WriteSession,
     body: TokenCreate,
-    principal: Annotated[object, IsAdmin],
+    acting: Admin,
 ) -> TokenCreated:
-    creator = getattr(principal, "name", None)
+    creator = acting.name if acting else None
     address = client_address(request)
-    record, token = await user_service.create_token(session, body, creator, address)
+    record, token = await user_service.create_token(session, body, creator, address, acting)
     return TokenCreated(**TokenPublic.model_validate(record).model_dump(), token=token)
 
 
@@ -178,15 +193,15 @@ async def create_token(
     summary="吊销服务令牌（管理员）",
     description="吊销后该令牌立即失效；记录保留供审计。 Revoked at once; kept for the audit.",
     operation_id="revoke_token",
-    dependencies=[IsAdmin],
     responses=responses(404, 422),
 )
 async def revoke_token(
     request: Request,
     session: WriteSession,
+    acting: Admin,
     token_id: Annotated[int, Path(alias="id", ge=1, le=MAX_ID, description="令牌编号")],
 ) -> Response:
-    await user_service.revoke_token(session, token_id, client_address(request))
+    await user_service.revoke_token(session, token_id, client_address(request), acting)
     return Response(status_code=204)
 
 
@@ -201,11 +216,11 @@ async def revoke_token(
         " Access audit trail, newest first."
     ),
     operation_id="list_audit_events",
-    dependencies=[IsAdmin],
     responses=responses(422),
 )
 async def list_audit_events(
     session: ReadSession,
+    acting: Admin,
     limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_PAGE, description="最多条数")] = 100,
     before: Annotated[
         int | None, Query(ge=1, le=MAX_ID, description="只看编号小于此值的事件（翻页）")
@@ -216,5 +231,9 @@ async def list_audit_events(
     ] = None,
     actor: Annotated[str | None, Query(max_length=200, description="只看某个操作者")] = None,
 ) -> AuditPage:
+    if acting is not None and acting.parks is not None:
+        raise Forbidden(
+            "访问审计只对不限园区的管理员开放 (the audit trail is for city-wide admins)"
+        )
     events, next_before = await audit.page(session, limit, before, action, subject, actor)
     return AuditPage(items=[AuditPublic.model_validate(e) for e in events], next_before=next_before)

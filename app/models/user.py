@@ -2,14 +2,14 @@
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, StrictBool
 from sqlalchemy import JSON, Index, String
 from sqlmodel import Field, SQLModel
 
 from app.db_types import UTCDateTime
-from app.models.common import AwareDatetime, ShortName
+from app.models.common import AwareDatetime, Id, ShortName
 
 
 class Role(StrEnum):
@@ -36,6 +36,8 @@ class User(SQLModel, table=True):
     password_hash: str = Field(sa_type=String(200))
     role: str = Field(sa_type=String(10))
     is_active: bool = Field(default=True)
+    # The parks this account may see and change; null: every park (the city's view).
+    park_ids: list[int] | None = Field(default=None, sa_type=JSON)
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
 
@@ -52,6 +54,7 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)
     created_by: str | None = Field(default=None, sa_type=String(200))
+    park_ids: list[int] | None = Field(default=None, sa_type=JSON)  # as for a user
 
 
 class AuditEvent(SQLModel, table=True):
@@ -76,12 +79,24 @@ class AuditEvent(SQLModel, table=True):
     detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
+ParkScope = Annotated[
+    list[Id] | None,
+    Field(
+        min_length=1,
+        max_length=100,
+        description="只能查看、修改这些园区的记录（园区编号）；空 (null) 为不限园区（全市）",
+        schema_extra={"examples": [[1]]},
+    ),
+]
+
+
 class UserCreate(SQLModel):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
     username: ShortName = Field(description="用户名", schema_extra={"examples": ["zhangsan"]})
     password: str = Field(min_length=8, max_length=200, description="密码（至少 8 位）")
     role: Role = Field(description="角色: viewer 只读 / editor 编辑 / admin 管理员")
+    park_ids: ParkScope = None
 
 
 class UserUpdate(SQLModel):
@@ -96,6 +111,9 @@ class UserUpdate(SQLModel):
     is_active: StrictBool | None = Field(
         default=None, description="false 停用账号（不能再登录）；true 重新启用"
     )
+    park_ids: ParkScope = Field(
+        default=None, description="新的园区范围；给出 null 为不限园区，不给则不改"
+    )
 
 
 class UserPublic(SQLModel):
@@ -103,6 +121,7 @@ class UserPublic(SQLModel):
     username: str = Field(description="用户名", schema_extra={"examples": ["zhangsan"]})
     role: Role = Field(description="角色: viewer 只读 / editor 编辑 / admin 管理员")
     is_active: bool = Field(description="是否启用；停用的账号不能登录")
+    park_ids: list[int] | None = Field(description="园区范围；null 为不限园区（全市）")
     created_at: datetime = Field(description="创建时间 (UTC)")
     updated_at: datetime = Field(description="更新时间 (UTC)")
 
@@ -118,6 +137,7 @@ class TokenCreate(SQLModel):
     expires_at: AwareDatetime | None = Field(
         default=None, description="过期时间（须带时区，按 UTC 保存）；空为不过期"
     )
+    park_ids: ParkScope = None
 
 
 class TokenPublic(SQLModel):
@@ -130,6 +150,7 @@ class TokenPublic(SQLModel):
     revoked_at: datetime | None = Field(description="吊销时间 (UTC)；空为有效")
     created_at: datetime = Field(description="创建时间 (UTC)")
     created_by: str | None = Field(description="创建者 (who created it)")
+    park_ids: list[int] | None = Field(description="园区范围；null 为不限园区（全市）")
 
 
 class TokenCreated(TokenPublic):

@@ -16,8 +16,9 @@ from app import security
 from app.config import Settings
 from app.db import Database, one, run, statement
 from app.db_types import utcnow
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, Invalid, NotFound
 from app.models.common import MAX_ID
+from app.models.park import Park
 from app.models.user import (
     ApiToken,
     AuditAction,
@@ -27,7 +28,7 @@ from app.models.user import (
     UserCreate,
     UserUpdate,
 )
-from app.security import Principal, Unauthorized
+from app.security import Forbidden, Principal, Unauthorized
 from app.services import audit
 
 log = logging.getLogger("app.users")
@@ -35,10 +36,45 @@ WINDOW = timedelta(minutes=1)
 ADMIN = "admin"
 
 
-async def create_user(db: Database, body: UserCreate, address: str | None = None) -> User:
+def _scope(park_ids: list[int] | None) -> frozenset[int] | None:
+    return None if park_ids is None else frozenset(park_ids)
+
+
+async def _grantable(
+    session: AsyncSession, acting: Principal | None, park_ids: list[int] | None
+) -> None:
+    """An admin grants only parks it holds itself (an unscoped admin: any), and only parks that
+    exist: 403 or 422 naming `park_ids`."""
+    if acting is not None and not acting.covers(_scope(park_ids)):
+        raise Forbidden(
+            "只能授予自己范围内的园区 (a scope can only be granted from within your own parks)"
+        )
+    if park_ids:
+        found = set(
+            await session.scalars(
+                select(col(Park.id)).where(
+                    col(Park.id).in_(park_ids), col(Park.deleted_at).is_(None)
+                )
+            )
+        )
+        missing = sorted(set(park_ids) - found)
+        if missing:
+            raise Invalid.field("park_ids", f"园区不存在 (no such park): {missing}", "body")
+
+
+def manages(acting: Principal | None, park_ids: Any) -> bool:
+    """Whether `acting` may see and manage an account or token of scope `park_ids`: one whose
+    parks all lie within its own (an unscoped admin manages every one)."""
+    return acting is None or acting.covers(security.park_scope(park_ids))
+
+
+async def create_user(
+    db: Database, body: UserCreate, address: str | None = None, acting: Principal | None = None
+) -> User:
     """The new account; its password is hashed first, holding no connection or lock."""
     password_hash = await security.hash_password(body.password)
     async with db.writer() as session:
+        await _grantable(session, acting, body.park_ids)
         if (
             await session.scalar(select(col(User.id)).where(col(User.username) == body.username))
             is not None
@@ -49,6 +85,7 @@ async def create_user(db: Database, body: UserCreate, address: str | None = None
             username=body.username,
             password_hash=password_hash,
             role=body.role.value,
+            park_ids=body.park_ids,
             created_at=now,
             updated_at=now,
         )
@@ -58,7 +95,7 @@ async def create_user(db: Database, body: UserCreate, address: str | None = None
             AuditAction.user_created,
             audit.user_subject(body.username),
             address,
-            {"role": body.role.value},
+            {"role": body.role.value, "park_ids": body.park_ids},
         )
         try:
             await session.commit()
@@ -69,16 +106,24 @@ async def create_user(db: Database, body: UserCreate, address: str | None = None
 
 
 async def update_user(
-    db: Database, user_id: int, body: UserUpdate, address: str | None = None
+    db: Database,
+    user_id: int,
+    body: UserUpdate,
+    address: str | None = None,
+    acting: Principal | None = None,
 ) -> User:
     """The account as changed; the audit trail gets each change as [old, new] (a password only
     as "changed"). A new password is hashed first, holding no connection or lock."""
     password_hash = None if body.password is None else await security.hash_password(body.password)
     async with db.writer() as session:
         user = await session.scalar(select(User).where(col(User.id) == user_id).with_for_update())
-        if user is None:
+        if user is None or not manages(acting, user.park_ids):
             raise NotFound(f"user {user_id} does not exist")
         changed: dict[str, Any] = {}
+        if "park_ids" in body.model_fields_set and _scope(body.park_ids) != _scope(user.park_ids):
+            await _grantable(session, acting, body.park_ids)
+            changed["park_ids"] = [user.park_ids, body.park_ids]
+            user.park_ids = body.park_ids
         if password_hash is not None:
             user.password_hash = password_hash
             changed["password"] = "changed"
@@ -96,8 +141,9 @@ async def update_user(
         return user
 
 
-async def list_users(session: AsyncSession) -> list[User]:
-    return list(await session.scalars(select(User).order_by(col(User.id))))
+async def list_users(session: AsyncSession, acting: Principal | None = None) -> list[User]:
+    users = await session.scalars(select(User).order_by(col(User.id)))
+    return [u for u in users if manages(acting, u.park_ids)]
 
 
 async def ensure_admin(db: Database, settings: Settings) -> str | None:
@@ -155,13 +201,22 @@ async def authenticate(
 
 
 async def create_token(
-    session: AsyncSession, body: TokenCreate, created_by: str | None, address: str | None = None
+    session: AsyncSession,
+    body: TokenCreate,
+    created_by: str | None,
+    address: str | None = None,
+    acting: Principal | None = None,
 ) -> tuple[ApiToken, str]:
     if (
         await session.scalar(select(col(ApiToken.id)).where(col(ApiToken.name) == body.name))
         is not None
     ):
         raise Conflict(f"a token named '{body.name}' already exists")
+    await _grantable(session, acting, body.park_ids)
+    if acting is not None and not acting.allows(
+        security.role_of_scopes([s.value for s in body.scopes])
+    ):
+        raise Forbidden("不能授予高于自己的权限 (cannot grant more than your own role)")
     record = ApiToken(
         name=body.name,
         token_hash="",
@@ -169,6 +224,7 @@ async def create_token(
         expires_at=body.expires_at,
         created_at=utcnow(),
         created_by=created_by,
+        park_ids=body.park_ids,
     )
     session.add(record)
     await session.flush()
@@ -176,6 +232,7 @@ async def create_token(
     token, record.token_hash = security.new_api_token(record.id)
     detail = {
         "scopes": record.scopes,
+        "park_ids": body.park_ids,
         "expires_at": body.expires_at.isoformat() if body.expires_at else None,
     }
     audit.record(
@@ -186,12 +243,15 @@ async def create_token(
 
 
 async def revoke_token(
-    session: AsyncSession, token_id: int, address: str | None = None
+    session: AsyncSession,
+    token_id: int,
+    address: str | None = None,
+    acting: Principal | None = None,
 ) -> ApiToken:
     record = await session.scalar(
         select(ApiToken).where(col(ApiToken.id) == token_id).with_for_update()
     )
-    if record is None:
+    if record is None or not manages(acting, record.park_ids):
         raise NotFound(f"token {token_id} does not exist")
     if record.revoked_at is None:
         record.revoked_at = utcnow()
@@ -200,19 +260,20 @@ async def revoke_token(
     return record
 
 
-async def list_tokens(session: AsyncSession) -> list[ApiToken]:
-    return list(await session.scalars(select(ApiToken).order_by(col(ApiToken.id))))
+async def list_tokens(session: AsyncSession, acting: Principal | None = None) -> list[ApiToken]:
+    tokens = await session.scalars(select(ApiToken).order_by(col(ApiToken.id)))
+    return [t for t in tokens if manages(acting, t.park_ids)]
 
 
 def _token_statement() -> Any:
     table = ApiToken.__table__  # type: ignore[attr-defined]
-    columns = ("token_hash", "revoked_at", "expires_at", "name", "scopes")
+    columns = ("token_hash", "revoked_at", "expires_at", "name", "scopes", "park_ids")
     return select(*(table.c[c] for c in columns)).where(table.c.id == bindparam("id"))
 
 
 def _user_statement() -> Any:
     table = User.__table__  # type: ignore[attr-defined]
-    columns = ("username", "password_hash", "role", "is_active")
+    columns = ("username", "password_hash", "role", "is_active", "park_ids")
     return select(*(table.c[c] for c in columns)).where(table.c.id == bindparam("id"))
 
 
@@ -240,7 +301,12 @@ async def principal_for_staff(
         )
     ):
         raise Unauthorized("this sign-in is no longer valid; log in again")
-    return Principal(name=account.username, role=Role(account.role), kind="user")
+    return Principal(
+        name=account.username,
+        role=Role(account.role),
+        kind="user",
+        parks=security.park_scope(account.park_ids),
+    )
 
 
 async def principal_for_token(
@@ -272,4 +338,5 @@ async def principal_for_token(
         name=f"token:{record.name}",
         role=security.role_of_scopes(json.loads(scopes) if isinstance(scopes, str) else scopes),
         kind="token",
+        parks=security.park_scope(record.park_ids),
     )
