@@ -59,12 +59,17 @@ def print_report(report: tabular.ImportReport, out: TextIO = sys.stdout) -> None
     )
     print(
         f"{mode}: {report.rows} rows, {report.created} created, {report.updated} updated, "
-        f"{report.unchanged} unchanged, {len(report.errors)} errors — {outcome}",
+        f"{report.unchanged} unchanged, {report.error_count} errors — {outcome}",
         file=out,
     )
     for error in report.errors:
         column = error.column or "-"
         print(f"  row {error.row}  column {column}: {error.message}", file=out)
+    if report.error_count > len(report.errors):
+        by_column = ", ".join(f"{c} {n}" for c, n in report.error_columns.items())
+        print(
+            f"  … {report.error_count - len(report.errors)} more (by column: {by_column})", file=out
+        )
 
 
 async def _run(path: Path, dry_run: bool, resource: str = "projects") -> int:
@@ -72,7 +77,7 @@ async def _run(path: Path, dry_run: bool, resource: str = "projects") -> int:
     db = Database(make_engine(settings.database_url, pool_size=2, max_overflow=0))
     token = context.actor.set(ACTOR)
     try:
-        with path.open("rb") as handle, tabular.reading(handle, path.name) as table:
+        with path.open("rb") as handle, tabular.reading(handle, path.name, settings) as table:
             bar = ProgressBar(table.count())
             async with db.writer() as session:
                 try:

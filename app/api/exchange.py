@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.crud import tag
 from app.api.deps import CanRead, CanWrite, WriteSession, deleted_for_staff
+from app.config import Settings
 from app.db import Database
 from app.errors import responses
 from app.services import tabular
@@ -107,20 +108,27 @@ def _add_import(layout: tabular.Layout) -> None:
             "什么都不写。原样导入刚导出的文件不产生任何改动。规则与单条写入相同（上级记录、同一园区、唯一值、金额单位）。"
             "上传文件受 IMPORT_MAX_BODY_BYTES（默认 64 MiB，约 25 万行 CSV）限制，超过返回 413；"
             "更大的文件请用命令行 `python -m app import FILE`。"
+            "文件内容另有上限，超过返回 422（type /problems/import-limit，指明上限与调高它的设置）："
+            "IMPORT_MAX_ROWS 行（默认 200000，空行也计入）、IMPORT_MAX_COLUMNS 列（默认 64）、"
+            "每格 IMPORT_MAX_CELL_CHARS 个字符（默认 32767）、XLSX 解压后 IMPORT_MAX_DECOMPRESSED_BYTES"
+            " 字节（默认 256 MiB）。报告按行序列出前 100 个错误，并给出错误总数与各列的错误数。"
             " Rows match by external_id, else code, else id; all or nothing, by the same rules as"
             " single writes. The upload may be up to IMPORT_MAX_BODY_BYTES (64 MiB by default),"
-            " not the 1 MiB other requests are held to."
+            " not the 1 MiB other requests are held to; its rows, columns, cell length and"
+            " unzipped size are bounded by the IMPORT_MAX_* settings named in each refusal."
         ),
         operation_id=f"import_{spec.name}",
         dependencies=[CanWrite],
         responses=responses(400, 413, 422),
     )
     async def import_file(
+        request: Request,
         session: WriteSession,
         file: Annotated[UploadFile, File(description="导出格式的 .xlsx 或 .csv 文件")],
         dry_run: Annotated[bool, Query(description="试运行：只检查，不写入 (report only)")] = False,
     ) -> ImportReport:
-        with tabular.reading(file.file, file.filename) as table:
+        settings: Settings = request.app.state.settings
+        with tabular.reading(file.file, file.filename, settings) as table:
             return await tabular.import_rows(session, layout, table, dry_run=dry_run)
 
 

@@ -22,15 +22,29 @@ import functools
 import io
 import json
 import re
+import struct
+import threading
 import types
 import typing
-from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterator, Mapping
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from tempfile import SpooledTemporaryFile
 from typing import IO, Any, Literal
+from xml.parsers import expat
 from zipfile import BadZipFile
 
 import anyio
@@ -47,6 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel
 
 from app import context
+from app.config import Settings
 from app.db import Database, Record
 from app.db_types import utcnow
 from app.errors import AppError, Conflict, FieldError, Invalid
@@ -67,6 +82,7 @@ CSV_MEDIA = "text/csv; charset=utf-8"
 SPOOL_BYTES = 8 * 1024 * 1024  # an XLSX stays in memory up to this size, then goes to disk
 CHUNK = 64 * 1024
 IMPORT_CHUNK = 1000  # rows checked against the registry, and written, together
+REPORTED_ERRORS = 100  # problems an import report lists (all are counted)
 
 KIND_LABELS: dict[str, str] = {
     InvestmentKind.planned_total: "计划总投资",
@@ -410,30 +426,191 @@ async def file_chunks(file: IO[bytes]) -> AsyncIterator[bytes]:
         file.close()
 
 
-# ---------------------------------------------------------------- reading a file
+# ---------------------------------------------------------------- reading a file, within bounds
+
+# What an import reads is bounded by the IMPORT_MAX_* settings; each refusal names the one it
+# met. The guards below are not settings: they sit far above any real workbook and stop XML
+# shapes that would cost openpyxl memory out of proportion to the data (it builds each row, each
+# shared string and every other part as a tree, and each text whole, before we see it).
+ZIP_MAX_DIRECTORY_BYTES = 1024 * 1024  # an XLSX's list of parts: ~100 bytes a part
+XML_MAX_TOKEN_BYTES = 1024 * 1024  # one tag, comment or attribute value
+XML_MAX_RECORD_ELEMENTS = 65_536  # in one row of a sheet, or one shared string
+XML_MAX_OTHER_ELEMENTS = 250_000  # in a part, outside its rows or shared strings (styles…)
+QUOTED_CHARS = 50  # of a cell quoted in a message
+MESSAGE_CHARS = 500  # of a message in a report, whatever it quotes
+_ZIP_END = b"PK\x05\x06"  # the end-of-central-directory record
+_ZIP64_LOCATOR, _ZIP64_END = b"PK\x06\x07", b"PK\x06\x06"
+
+
+class ImportLimit(Invalid):
+    """A file beyond one of the import's bounds."""
+
+    slug, title = "import-limit", "Import limit exceeded"
+
+
+def _beyond(zh: str, en: str, *limits: tuple[str, int]) -> ImportLimit:
+    """`zh — en`, naming each bound met and the setting that raises it."""
+    names = "、".join(f"{name.upper()}={value}" for name, value in limits)
+    raise_ = " / ".join(name.upper() for name, _ in limits)
+    message = f"{zh}（上限 {names}）— {en}; raise {raise_} to allow more"
+    return ImportLimit(
+        message,
+        errors=[FieldError(field="file", location="body", message=message)],
+        extra={"limits": [{"setting": name.upper(), "max": value} for name, value in limits]},
+    )
+
+
+def _guard(zh: str, en: str) -> Invalid:
+    """A refusal by one of the fixed guards above (no setting raises them)."""
+    return Invalid.field("file", f"{zh} — {en}")
+
+
+def _quoted(text: Any, limit: int = QUOTED_CHARS) -> str:
+    """A cell or name as a message may quote it: at most `limit` characters."""
+    shown = str(text)
+    return shown if len(shown) <= limit else shown[:limit] + "…"
+
+
+def _too_many_rows(settings: Settings) -> ImportLimit:
+    limit = settings.import_max_rows
+    return _beyond(
+        f"表头以下超过 {limit} 行（空行也计入）",
+        f"the file has more than {limit} rows below its header (blank ones included)",
+        ("import_max_rows", limit),
+    )
+
+
+def _too_many_columns(settings: Settings, row: int) -> ImportLimit:
+    limit = settings.import_max_columns
+    return _beyond(
+        f"第 {row} 行超过 {limit} 列",
+        f"row {row} has more than {limit} columns",
+        ("import_max_columns", limit),
+    )
+
+
+def _too_long(settings: Settings, where_zh: str, where_en: str) -> ImportLimit:
+    limit = settings.import_max_cell_chars
+    return _beyond(
+        f"{where_zh}超过 {limit} 个字符",
+        f"{where_en} is longer than {limit} characters",
+        ("import_max_cell_chars", limit),
+    )
+
+
+def _too_big(settings: Settings) -> ImportLimit:
+    limit = settings.import_max_decompressed_bytes
+    return _beyond(
+        f"XLSX 解压后超过 {limit} 字节",
+        f"the XLSX unzips to more than {limit} bytes",
+        ("import_max_decompressed_bytes", limit),
+    )
+
+
+def _check_cells(settings: Settings, number: int, cells: Sequence[Any]) -> None:
+    """A row within the column and cell bounds (an XLSX's rows are cut to its header's width)."""
+    if len(cells) > settings.import_max_columns:
+        raise _too_many_columns(settings, number)
+    limit = settings.import_max_cell_chars
+    for index, cell in enumerate(cells, start=1):
+        if isinstance(cell, str) and len(cell) > limit:
+            raise _too_long(
+                settings, f"第 {number} 行第 {index} 列", f"row {number}, column {index}"
+            )
 
 
 class Table:
-    """The rows of an uploaded sheet: header, then (row number, cells) as Excel numbers rows."""
+    """The rows of an uploaded sheet: header, then (row number, cells) as Excel numbers rows.
+    Opened on first use, by `import_rows` in a worker thread: reading and checking a file is
+    CPU work the event loop must not wait for."""
 
-    def __init__(
-        self,
-        kind: Literal["csv", "xlsx"],
-        rows: Callable[[], Generator[Any, None, None]],
-        close: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.kind = kind
-        self._rows = rows
-        self._close = close
-        with contextlib.closing(rows()) as iterator:
-            self.header = [("" if h is None else str(h)) for h in next(iterator, [])]
+    def __init__(self, file: IO[bytes], filename: str | None, settings: Settings) -> None:
+        self.file = file
+        self.filename = filename
+        self.settings = settings
+        self.kind: Literal["csv", "xlsx"] = "csv"
+        self.header: list[str] = []
+        self._data: Callable[[], Generator[Sequence[Any], None, None]] = _no_rows
+        self._close: Callable[[], None] = lambda: None
+        self._opened = False
         self._count: int | None = None
 
+    def open(self) -> None:
+        """Reads the format and the header, refusing (422) what is not a table we read."""
+        if self._opened:
+            return
+        self.file.seek(0)
+        magic = self.file.read(8)
+        self.file.seek(0)
+        if magic.startswith(b"\xd0\xcf\x11\xe0"):
+            raise Invalid.field(
+                "file", "旧版 .xls 文件不受支持，请另存为 .xlsx 或 .csv (.xls is not supported)"
+            )
+        if magic.startswith(b"PK\x03\x04"):
+            self._open_xlsx()
+        elif self.filename and self.filename.lower().endswith(".xlsx"):
+            raise Invalid.field("file", "不是有效的 XLSX 文件 (not a readable XLSX file)")
+        else:
+            self._open_csv()
+        self._opened = True
+
+    def _open_csv(self) -> None:
+        file, settings = self.file, self.settings
+        encoding = _csv_encoding(file)
+        with contextlib.closing(_csv_records(file, encoding, settings)) as records:
+            header = next(records, [])
+        _check_cells(settings, 1, header)
+
+        def data() -> Generator[list[str], None, None]:
+            with contextlib.closing(_csv_records(file, encoding, settings)) as records:
+                next(records, None)
+                yield from records
+
+        self.kind, self.header, self._data = "csv", header, data
+
+    def _open_xlsx(self) -> None:
+        settings = self.settings
+        _check_xlsx(self.file, settings)
+        try:
+            workbook = load_workbook(self.file, read_only=True, data_only=True)
+        except _UNREADABLE as exc:
+            raise _unreadable_xlsx(exc) from exc
+        self._close = workbook.close
+        sheets = workbook.worksheets
+        if not sheets:
+            raise Invalid.field("file", "XLSX 中没有工作表 (the XLSX holds no worksheet)")
+        preferred = [s for s in sheets if s.title in {layout.sheet for layout in LAYOUTS.values()}]
+        sheet: Any = (preferred or sheets)[0]
+        # The sheet's own `dimension` may claim a million rows and columns: rows are read as
+        # they come (all of them within bounds, see `_XmlScan`), as wide as the header.
+        sheet.reset_dimensions()
+        first = sheet.iter_rows(
+            min_row=1, max_row=1, max_col=settings.import_max_columns + 1, values_only=True
+        )
+        header = list(next(_xlsx_rows(first), ()))
+        while header and _blank(header[-1]):
+            header.pop()
+        _check_cells(settings, 1, header)
+        width = len(header)
+
+        def data() -> Generator[Sequence[Any], None, None]:
+            if width:
+                yield from _xlsx_rows(sheet.iter_rows(min_row=2, max_col=width, values_only=True))
+
+        self.kind = "xlsx"
+        self.header = [("" if h is None else str(h)) for h in header]
+        self._data = data
+
     def rows(self) -> Generator[tuple[int, list[Any]], None, None]:
-        with contextlib.closing(self._rows()) as iterator:
-            next(iterator, None)
-            for number, row in enumerate(iterator, start=2):
-                yield number, list(row)
+        self.open()
+        settings = self.settings
+        last = settings.import_max_rows + 1
+        with contextlib.closing(self._data()) as data:
+            for number, cells in enumerate(data, start=2):
+                if number > last:
+                    raise _too_many_rows(settings)
+                _check_cells(settings, number, cells)
+                yield number, list(cells)
 
     def count(self) -> int:
         """Data rows (blank ones included): one extra pass over the file, for progress."""
@@ -445,55 +622,319 @@ class Table:
         self._close()
 
 
+def _no_rows() -> Generator[Sequence[Any], None, None]:
+    yield from ()
+
+
+# ------------------------------------------------ CSV
+
+
 def _csv_encoding(file: IO[bytes]) -> str:
     """UTF-8 (with or without BOM) when the whole file decodes as such; otherwise GB18030,
-    which is what Excel on a Chinese Windows writes for "CSV"."""
-    file.seek(0)
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        while chunk := file.read(CHUNK):
-            decoder.decode(chunk)
-        decoder.decode(b"", final=True)
-        encoding = "utf-8-sig"
-    except UnicodeDecodeError:
-        encoding = "gb18030"
-    file.seek(0)
-    return encoding
-
-
-def open_table(file: IO[bytes], filename: str | None = None) -> Table:
-    """An XLSX (by its zip signature) or a CSV; refuses anything else with a 422."""
-    file.seek(0)
-    magic = file.read(8)
-    file.seek(0)
-    if magic.startswith(b"\xd0\xcf\x11\xe0"):
-        raise Invalid.field(
-            "file", "旧版 .xls 文件不受支持，请另存为 .xlsx 或 .csv (.xls is not supported)"
-        )
-    if magic.startswith(b"PK\x03\x04"):
-        try:
-            workbook = load_workbook(file, read_only=True, data_only=True)
-        except (InvalidFileException, BadZipFile, KeyError, OSError, ValueError) as exc:
-            raise Invalid.field("file", "不是有效的 XLSX 文件 (not a readable XLSX file)") from exc
-        sheets = workbook.worksheets
-        preferred = [s for s in sheets if s.title in {layout.sheet for layout in LAYOUTS.values()}]
-        sheet: Any = (preferred or sheets)[0]
-        return Table("xlsx", lambda: sheet.iter_rows(values_only=True), workbook.close)
-    if filename and filename.lower().endswith(".xlsx"):
-        raise Invalid.field("file", "不是有效的 XLSX 文件 (not a readable XLSX file)")
-    encoding = _csv_encoding(file)
-
-    def rows() -> Generator[list[str], None, None]:
+    which is what Excel on a Chinese Windows writes for "CSV". Anything else is refused, and
+    so is a NUL byte, which no text file holds (UTF-16 text does, and binary files)."""
+    undecodable = 0
+    for encoding in ("utf-8", "gb18030"):
         file.seek(0)
-        text = io.TextIOWrapper(file, encoding=encoding, newline="")
+        decoder = codecs.getincrementaldecoder(encoding)()
+        offset = 0
         try:
-            yield from csv.reader(text)
-        except csv.Error as exc:
-            raise Invalid.field("file", f"CSV 格式有误 (malformed CSV): {exc}") from exc
-        finally:
-            text.detach()  # the caller owns the file
+            while chunk := file.read(CHUNK):
+                if (nul := chunk.find(b"\0")) >= 0:
+                    raise Invalid.field(
+                        "file",
+                        f"CSV 在第 {offset + nul} 字节处有 NUL 字节：不是文本，或是 UTF-16 文本；"
+                        "请另存为 UTF-8 的 CSV — the CSV holds a NUL byte at offset "
+                        f"{offset + nul} (binary, or UTF-16 text); save it as UTF-8 CSV",
+                    )
+                decoder.decode(chunk)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            undecodable = undecodable or offset + exc.start
+            continue
+        file.seek(0)
+        return "utf-8-sig" if encoding == "utf-8" else encoding
+    raise Invalid.field(
+        "file",
+        f"CSV 不是 UTF-8 或 GB18030 文本（约第 {undecodable} 字节处无法解码）；请另存为 UTF-8 的 CSV"
+        f" — the CSV is neither UTF-8 nor GB18030 text (undecodable near byte {undecodable})",
+    )
 
-    return Table("csv", rows)
+
+def _csv_records(
+    file: IO[bytes], encoding: str, settings: Settings
+) -> Generator[list[str], None, None]:
+    """The CSV's records, each read within bounds before the csv module sees it. A record
+    (one line, or several when a quoted cell holds line breaks) may be at most as long as its
+    widest legal form, columns × (cell + quotes and comma); and one that starts unquoted with
+    more commas than columns is refused before it is split. The csv module's own field limit
+    (131072 characters) is process-global, so it is left as it is: a cell beyond it is refused
+    like any cell beyond IMPORT_MAX_CELL_CHARS."""
+    columns = settings.import_max_columns
+    cap = columns * (settings.import_max_cell_chars + 3)
+    number = 1  # the record being read, as Excel numbers rows
+    taken = 0  # its characters so far
+
+    def lines() -> Iterator[str]:
+        nonlocal taken
+        while line := text.readline(cap + 1 - taken):
+            if not taken and '"' not in line and line.count(",") >= columns:
+                raise _too_many_columns(settings, number)
+            taken += len(line)
+            if taken > cap:
+                raise _beyond(
+                    f"第 {number} 行超过 {cap} 个字符（列数 × 每格字符数）",
+                    f"row {number} is longer than {cap} characters (columns × cell characters)",
+                    ("import_max_columns", columns),
+                    ("import_max_cell_chars", settings.import_max_cell_chars),
+                )
+            yield line
+
+    file.seek(0)
+    text = io.TextIOWrapper(file, encoding=encoding, newline="")
+    try:
+        for record in csv.reader(lines()):
+            yield record
+            number, taken = number + 1, 0
+    except csv.Error as exc:
+        if taken > csv.field_size_limit():  # a field is at most as long as its record
+            raise _too_long(settings, f"第 {number} 行的单元格", f"a cell in row {number}") from exc
+        raise Invalid.field("file", f"CSV 格式有误 (malformed CSV): {_quoted(exc, 200)}") from exc
+    finally:
+        text.detach()  # the caller owns the file
+
+
+# ------------------------------------------------ XLSX
+
+
+# What openpyxl raises on a damaged or hand-made XLSX: caught only around its own calls.
+_UNREADABLE = (
+    InvalidFileException,
+    BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    SyntaxError,  # xml.etree.ElementTree.ParseError
+    KeyError,
+    IndexError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    ArithmeticError,
+    NotImplementedError,
+    RuntimeError,
+)
+
+
+def _unreadable_xlsx(exc: BaseException) -> Invalid:
+    what = "XML 有误 (malformed XML)" if isinstance(exc, SyntaxError) else "无法读取 (unreadable)"
+    return Invalid.field(
+        "file", f"不是有效的 XLSX 文件：{what} — not a readable XLSX file: {_quoted(exc, 200)}"
+    )
+
+
+def _xlsx_rows(rows: Iterator[Sequence[Any]]) -> Generator[Sequence[Any], None, None]:
+    """openpyxl's rows, its errors on a malformed sheet turned into a 422."""
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except _UNREADABLE as exc:
+            raise _unreadable_xlsx(exc) from exc
+        yield row
+
+
+def _zip_directory_bytes(file: IO[bytes]) -> int | None:
+    """The size of a zip's central directory, as `zipfile` will find it, before zipfile reads
+    it (into an object per part, ~7 times its size in memory); None when there is none."""
+    file.seek(0, io.SEEK_END)
+    size = file.tell()
+    start = max(0, size - 22 - 0xFFFF)  # the record, and a comment of up to 64 KiB after it
+    file.seek(start)
+    tail = file.read()
+    at = len(tail) - 22 if tail[-22:-18] == _ZIP_END else tail.rfind(_ZIP_END)
+    if at < 0 or at + 22 > len(tail):
+        return None
+    (directory,) = struct.unpack_from("<I", tail, at + 12)
+    # A ZIP64 record just before it overrides the sizes, as zipfile reads them.
+    zip64 = at >= 76 and tail[at - 20 : at - 16] == _ZIP64_LOCATOR
+    if zip64 and tail[at - 76 : at - 72] == _ZIP64_END:
+        (directory,) = struct.unpack_from("<Q", tail, at - 76 + 40)
+    return int(directory)
+
+
+def _check_xlsx(file: IO[bytes], settings: Settings) -> None:
+    """The XLSX read once through `_XmlScan` before openpyxl reads it: within the unzipped size
+    its parts declare, and reading no more than they declare, both within the bound."""
+    limit = settings.import_max_decompressed_bytes
+    directory = _zip_directory_bytes(file)
+    if directory is not None and directory > ZIP_MAX_DIRECTORY_BYTES:
+        raise _guard(
+            f"XLSX 的部件目录超过 {ZIP_MAX_DIRECTORY_BYTES} 字节",
+            f"the XLSX's list of parts is larger than {ZIP_MAX_DIRECTORY_BYTES} bytes",
+        )
+    try:
+        archive = zipfile.ZipFile(file)
+    except (BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise _unreadable_xlsx(exc) from exc
+    with archive:
+        parts = archive.infolist()
+        if sum(part.file_size for part in parts) > limit:
+            raise _too_big(settings)
+        read = 0
+        for part in parts:
+            if part.is_dir():
+                continue
+            scan: _XmlScan | None = None
+            try:
+                with archive.open(part) as member:
+                    while chunk := member.read(CHUNK):
+                        # zipfile stops at the declared size (and checks the CRC there); this
+                        # holds the bound even if it did not.
+                        read += len(chunk)
+                        if read > limit:
+                            raise _too_big(settings)
+                        if scan is None:
+                            if not _looks_like_xml(chunk):
+                                break
+                            scan = _XmlScan(part.filename, settings)
+                        scan.feed(chunk)
+                if scan is not None:
+                    scan.close()
+            except expat.ExpatError:
+                # Not well-formed: openpyxl, if it reads this part, stops where expat did
+                # (it parses with expat too) and is refused then (`_unreadable_xlsx`).
+                continue
+            except (
+                BadZipFile,
+                zlib.error,
+                EOFError,
+                OSError,
+                NotImplementedError,
+                RuntimeError,
+            ) as exc:
+                raise _unreadable_xlsx(exc) from exc
+    file.seek(0)
+
+
+def _looks_like_xml(head: bytes) -> bool:
+    return head.lstrip(b" \t\r\n").startswith(
+        (b"<", codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    )
+
+
+# Elements inside a cell (or a shared string): a row's or a string's own budget, one text.
+_CELL_PARTS = frozenset({
+    "c", "v", "f", "is", "r", "t", "rPr", "rPh", "phoneticPr", "rFont", "charset", "family", "b",
+    "i", "strike", "outline", "shadow", "condense", "extend", "color", "sz", "u", "vertAlign",
+    "scheme",
+})  # fmt: skip
+_RECORDS = {"worksheet": "row", "sst": "si"}  # a part's repeated element, by its root
+
+
+class _XmlScan:
+    """One XML part of an XLSX read through expat (which is what openpyxl parses with, so it
+    stops where this does): rows and cells of a sheet within the settings' bounds, each text
+    (a cell, a shared string, an element) within IMPORT_MAX_CELL_CHARS, no DTD (no entity
+    expansion), and the guards above. Each refusal comes before openpyxl has read the part."""
+
+    def __init__(self, part: str, settings: Settings) -> None:
+        self.part = _quoted(part)
+        self.settings = settings
+        self.record: str | None = None  # by the root: `row` in a sheet, `si` in shared strings
+        self.records = 0
+        self.row = 0  # a sheet's row number, as Excel numbers it
+        self.cells = 0  # in this row
+        self.cell: dict[str, str] = {}  # its attributes
+        self.inside = 0  # elements in this record
+        self.outside = 0  # elements outside any record
+        self.text = 0  # characters of this cell, shared string or element
+        self.fed = 0
+        self.parser = expat.ParserCreate(namespace_separator=" ")
+        self.parser.buffer_text = True
+        self.parser.StartElementHandler = self.root
+        self.parser.CharacterDataHandler = self.characters
+        self.parser.StartDoctypeDeclHandler = self.doctype
+
+    def feed(self, chunk: bytes) -> None:
+        self.fed += len(chunk)
+        self.parser.Parse(chunk, False)
+        # Bytes expat holds without an event yet: one token (tag, comment, attribute) so far.
+        if self.fed - self.parser.CurrentByteIndex > XML_MAX_TOKEN_BYTES:
+            raise _guard(
+                f"XLSX 部件 {self.part} 中有超过 {XML_MAX_TOKEN_BYTES} 字节的标签",
+                f"part {self.part} of the XLSX holds a tag longer than {XML_MAX_TOKEN_BYTES} bytes",
+            )
+
+    def close(self) -> None:
+        self.parser.Parse(b"", True)
+
+    def doctype(self, *_: Any) -> None:
+        raise _guard(
+            f"XLSX 部件 {self.part} 含 DOCTYPE（XLSX 不用 DTD）",
+            f"part {self.part} of the XLSX has a DOCTYPE, which no XLSX needs",
+        )
+
+    def root(self, name: str, attrs: dict[str, str]) -> None:
+        self.record = _RECORDS.get(name.rpartition(" ")[2])
+        self.parser.StartElementHandler = self.start
+
+    def start(self, name: str, attrs: dict[str, str]) -> None:
+        local = name.rpartition(" ")[2]
+        if local == self.record:
+            self.records += 1
+            self.inside = self.cells = self.text = 0
+            self.cell = {}
+            if local == "row":
+                self.next_row(attrs.get("r"))
+        elif self.record is not None and local in _CELL_PARTS:
+            self.inside += 1
+            if self.inside > XML_MAX_RECORD_ELEMENTS:
+                if self.record == "row":
+                    where = (f"第 {self.row} 行", f"row {self.row}")
+                else:
+                    where = (f"第 {self.records} 个共享字符串", f"shared string {self.records}")
+                raise self.too_many_elements(XML_MAX_RECORD_ELEMENTS, *where)
+            if local == "c" and self.record == "row":
+                self.cells += 1
+                self.text = 0
+                self.cell = attrs
+                if self.cells > self.settings.import_max_columns:
+                    raise _too_many_columns(self.settings, self.row)
+        else:
+            self.outside += 1
+            self.text = 0
+            if self.outside > XML_MAX_OTHER_ELEMENTS:
+                raise self.too_many_elements(XML_MAX_OTHER_ELEMENTS, "行外", "outside its rows")
+
+    def next_row(self, number: str | None) -> None:
+        self.row = int(number) if number and number.isascii() and number.isdigit() else self.row + 1
+        if max(self.row, self.records) > self.settings.import_max_rows + 1:
+            raise _too_many_rows(self.settings)
+
+    def characters(self, data: str) -> None:
+        self.text += len(data)
+        if self.text > self.settings.import_max_cell_chars:
+            if self.record == "row" and self.cell:
+                cell = _quoted(self.cell.get("r", "?"))
+                raise _too_long(self.settings, f"第 {self.row} 行的单元格 {cell}", f"cell {cell}")
+            if self.record == "si":
+                raise _too_long(
+                    self.settings,
+                    f"第 {self.records} 个共享字符串",
+                    f"shared string {self.records}",
+                )
+            raise _too_long(
+                self.settings, f"XLSX 部件 {self.part} 中的文本", f"a text in part {self.part}"
+            )
+
+    def too_many_elements(self, limit: int, where_zh: str, where_en: str) -> Invalid:
+        return _guard(
+            f"XLSX 部件 {self.part} 的 XML 元素超过 {limit} 个（{where_zh}）",
+            f"part {self.part} of the XLSX has more than {limit} XML elements ({where_en})",
+        )
 
 
 # ---------------------------------------------------------------- parsing cells
@@ -529,7 +970,7 @@ def _as_int(value: Any) -> int:
     text = str(value).strip()
     if re.fullmatch(r"[+-]?\d+(\.0*)?", text):
         return int(Decimal(text))
-    raise CellError(f"应为整数，而不是“{text}” (expected a whole number)")
+    raise CellError(f"应为整数，而不是“{_quoted(text)}” (expected a whole number)")
 
 
 def _as_bool(value: Any) -> bool:
@@ -540,7 +981,7 @@ def _as_bool(value: Any) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise CellError(f"应为“是”或“否”，而不是“{text}” (expected 是 or 否)")
+    raise CellError(f"应为“是”或“否”，而不是“{_quoted(text)}” (expected 是 or 否)")
 
 
 _BY_LABEL = {id(labels): {v: k for k, v in labels.items()} for labels in (STAGE_ZH, KIND_LABELS)}
@@ -559,7 +1000,7 @@ def _as_label(value: Any, labels: Mapping[Any, str], what: str) -> str:
     if tokens and len(found) == 1 and None not in found:
         return str(found.pop())
     choices = "、".join(f"{label} {code}" for code, label in labels.items())
-    raise CellError(f"未知的{what}“{text}”；可选: {choices}")
+    raise CellError(f"未知的{what}“{_quoted(text)}”；可选: {choices}")
 
 
 def parse_cell(column: Column, value: Any, *, from_csv: bool) -> Any:
@@ -601,7 +1042,7 @@ def _yuan(value: Any, unit: MoneyUnit) -> Decimal:
         amount = Decimal(str(value).strip().replace(",", ""))
         return to_yuan(amount, unit)
     except (ArithmeticError, ValueError) as exc:
-        raise CellError(f"不是有效的金额（{unit}）: {value} — {exc}") from exc
+        raise CellError(f"不是有效的金额（{unit}）: {_quoted(value)} — {_quoted(exc)}") from exc
 
 
 # ---------------------------------------------------------------- importing
@@ -619,16 +1060,30 @@ class ImportReport(BaseModel):
     created: int = Field(description="新建的记录数（试运行时为将要新建的数）")
     updated: int = Field(description="有改动的记录数")
     unchanged: int = Field(description="与登记内容完全一致、未写入的行数")
-    errors: list[RowError] = Field(description="逐行逐列的错误；有任何错误时，正式导入什么都不写")
+    errors: list[RowError] = Field(
+        description=f"逐行逐列的错误，按行序列出前 {REPORTED_ERRORS} 个；有任何错误时，正式导入什么都不写"
+    )
+    # Left out of the answer when there are no errors (as before they were counted).
+    error_count: int = Field(
+        default=0,
+        exclude_if=lambda count: count == 0,
+        description="错误总数，无错误时不出现 (all problems, listed or not; absent when none)",
+    )
+    error_columns: dict[str, int] = Field(
+        default_factory=dict,
+        exclude_if=lambda counts: not counts,
+        description="各列的错误数；整行的问题记在 “-” 下；无错误时不出现 (problems per column)",
+    )
 
 
 class ImportFailed(Invalid):
     def __init__(self, report: ImportReport) -> None:
         bad_rows = sorted({e.row for e in report.errors})
-        shown = "、".join(map(str, bad_rows[:20])) + ("…" if len(bad_rows) > 20 else "")
+        more = len(bad_rows) > 20 or report.error_count > len(report.errors)
+        shown = "、".join(map(str, bad_rows[:20])) + ("…" if more else "")
         super().__init__(
-            f"{len(bad_rows)} 行有错误（第 {shown} 行），未写入任何数据 — "
-            f"{len(report.errors)} error(s) in {len(bad_rows)} row(s); nothing was written",
+            f"{report.error_count} 个错误（第 {shown} 行），未写入任何数据 — "
+            f"{report.error_count} error(s), in row(s) {shown}; nothing was written",
             errors=[
                 FieldError(
                     field=e.column or "file", location="file", message=e.message, index=e.row
@@ -780,7 +1235,11 @@ class _Importer:
     session: AsyncSession
     layout: Layout
     dry_run: bool
-    errors: list[RowError] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)  # those of the first rows
+    error_count: int = 0
+    error_columns: Counter[str] = field(default_factory=Counter)
+    cutoff: int | None = None  # the last row `errors` keeps problems of, once it has enough
+    lock: threading.Lock = field(default_factory=threading.Lock)
     created: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -816,7 +1275,7 @@ class _Importer:
 
     @property
     def writing(self) -> bool:
-        return not (self.dry_run or self.errors or self.aborted)
+        return not (self.dry_run or self.error_count or self.aborted)
 
     def header_of(self, name: str | None) -> str | None:
         if name is None:
@@ -825,7 +1284,20 @@ class _Importer:
         return self.layout.header_of(head) or head
 
     def fail(self, row: int, column: str | None, message: str) -> None:
-        self.errors.append(RowError(row=row, column=column, message=message))
+        """Counts every problem; keeps those of the first rows, enough for the report. Rows
+        are parsed in a worker thread while the event loop writes (which can fail too)."""
+        with self.lock:
+            self.error_count += 1
+            self.error_columns[column or "-"] += 1
+            if self.cutoff is not None and row > self.cutoff:
+                return
+            self.errors.append(
+                RowError(row=row, column=column, message=_quoted(message, MESSAGE_CHARS))
+            )
+            if len(self.errors) >= 2 * REPORTED_ERRORS:
+                self.errors.sort(key=lambda e: e.row)  # stable: a row's problems stay in order
+                del self.errors[REPORTED_ERRORS:]
+                self.cutoff = self.errors[-1].row
 
     def read_header(self, header: list[str]) -> dict[int, Column]:
         columns: dict[int, Column] = {}
@@ -836,15 +1308,17 @@ class _Importer:
             column = self.layout.by_header.get(_header_key(text))
             if column is None:
                 known = "、".join(c.header for c in self.layout.columns)
-                self.fail(1, text, f"未知的列“{text}”；可用的列: {known}")
+                self.fail(1, _quoted(text), f"未知的列“{_quoted(text)}”；可用的列: {known}")
                 continue
             if column.header in used:
-                self.fail(1, text, f"与列“{used[column.header]}”重复 (duplicate column)")
+                self.fail(
+                    1, _quoted(text), f"与列“{_quoted(used[column.header])}”重复 (duplicate column)"
+                )
                 continue
             used[column.header] = text
             if column.role != Role.DERIVED:
                 columns[index] = column
-        if not columns and not self.errors:
+        if not columns and not self.error_count:
             self.fail(1, None, "没有可导入的列：第 1 行应为导出文件的表头 (no importable columns)")
         return columns
 
@@ -1004,7 +1478,7 @@ class _Importer:
             self.fail(
                 number,
                 self.layout.header_of("external_id"),
-                f"{spec.title_zh} {target.id} 的外部编号是“{target.external_id}”，不能改为“{external_id}”",
+                f"{spec.title_zh} {target.id} 的外部编号是“{target.external_id}”，不能改为“{_quoted(external_id)}”",
             )
             ok = False
         earlier = self.matched.setdefault(target.id, number)
@@ -1020,7 +1494,7 @@ class _Importer:
         changes, the record before) — or None when it writes nothing or is refused (reported).
         The rules are the API's own: the resource's `prepare`, then `records.check_rules`."""
         spec, number, failed, values = self.spec, row.number, row.failed, row.values
-        before = len(self.errors)
+        before = self.error_count
         target, usable = self.find(row, found)
         if not usable:
             return None
@@ -1043,7 +1517,7 @@ class _Importer:
         except ValidationError as exc:
             self.model_errors(number, exc, failed)
             return None
-        if failed or len(self.errors) > before:
+        if failed or self.error_count > before:
             return None
         try:
             if spec.prepare is not None:
@@ -1129,7 +1603,9 @@ class _Importer:
             updated=self.updated,
             unchanged=self.unchanged,
             # Rows are checked in two passes; the report lists them as the file orders them.
-            errors=sorted(self.errors, key=lambda e: e.row),
+            errors=sorted(self.errors, key=lambda e: e.row)[:REPORTED_ERRORS],
+            error_count=self.error_count,
+            error_columns=dict(self.error_columns),
         )
 
 
@@ -1145,7 +1621,9 @@ async def import_rows(
     one, then checked against the registry and written a chunk at a time, with the versions,
     times and change-feed entries `records.insert` / `records.apply_update` would write. Any
     error, or a dry run, rolls all of it back; errors raise `ImportFailed` unless this is a
-    dry run."""
+    dry run. The file is read and parsed in a worker thread, a chunk of rows at a time; the
+    event loop checks them against the registry and writes them."""
+    await anyio.to_thread.run_sync(table.open)
     importer = _Importer(session, layout, dry_run)
     columns = importer.read_header(table.header)
     from_csv = table.kind == "csv"
@@ -1172,7 +1650,7 @@ async def import_rows(
     writing: asyncio.Task[None] | None = None
     try:
         with contextlib.closing(table.rows()) as rows:
-            chunk = next_chunk(rows) if columns else None
+            chunk = await anyio.to_thread.run_sync(next_chunk, rows) if columns else None
             previous: _Plan | None = None
             while chunk is not None and not importer.aborted:
                 # Chunk k is read from the database before chunk k-1 is written, so that the
@@ -1183,7 +1661,7 @@ async def import_rows(
                 if previous is not None and previous.writes and importer.writing:
                     writing = asyncio.create_task(importer.write(previous))
                 previous = await importer.check(chunk, found)
-                chunk = next_chunk(rows)
+                chunk = await anyio.to_thread.run_sync(next_chunk, rows)
                 if writing is not None:
                     await writing
                     writing = None
@@ -1212,8 +1690,12 @@ async def import_rows(
 
 
 @contextlib.contextmanager
-def reading(file: IO[bytes], filename: str | None) -> Iterator[Table]:
-    table = open_table(file, filename)
+def reading(
+    file: IO[bytes], filename: str | None, settings: Settings | None = None
+) -> Iterator[Table]:
+    """The file as a table, read within `settings`' IMPORT_MAX_* bounds (their defaults when
+    none are given), opened when first used."""
+    table = Table(file, filename, settings or Settings.model_construct())
     try:
         yield table
     finally:
