@@ -1,6 +1,6 @@
 """Money: exact yuan amounts, input in 元 / 万元 / 亿元, and a display form such as `30亿元`."""
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow
 from enum import StrEnum
 
 CENT = Decimal("0.01")
@@ -21,20 +21,32 @@ FACTORS = {
 }
 
 
+# Exact arithmetic for `to_yuan`: an amount bounded as it is there has at most a few dozen
+# significant digits that matter, and any digit that would be rounded away is an error.
+EXACT = Context(prec=64, traps=[InvalidOperation, Overflow, DivisionByZero, Inexact])
+
+
 def to_yuan(amount: Decimal, unit: MoneyUnit = MoneyUnit.YUAN) -> Decimal:
-    """`30` 亿元 → `3000000000.00`; refuses what would need rounding, or is negative or too big."""
+    """`30` 亿元 → `3000000000.00`; refuses what would need rounding, or is negative or too big.
+
+    Checked before any arithmetic: `1e1000000` overflowed the default context (a 500), and a
+    number of more than 28 digits was rounded by it before the fen check could see it."""
+    if not amount.is_finite():
+        raise ValueError("金额须为有限的十进制数 (not a finite decimal amount)")
+    if amount < 0:
+        raise ValueError("金额不能为负 (an amount cannot be negative)")
+    too_big = ValueError(f"金额不能超过 {MAX_AMOUNT} 元 (an amount cannot exceed {MAX_AMOUNT} 元)")
+    if amount and amount.adjusted() > MAX_AMOUNT.adjusted():  # too many digits in any unit
+        raise too_big
     try:
-        yuan = amount * FACTORS[unit]
-        exact = yuan.quantize(CENT)
-    except InvalidOperation as exc:
-        raise ValueError("not a finite decimal amount") from exc
-    if exact != yuan:
-        raise ValueError(f"an amount is kept to the fen (0.01 元); {amount} {unit} is finer")
-    if exact < 0:
-        raise ValueError("an amount cannot be negative")
+        exact = EXACT.multiply(amount, FACTORS[unit]).quantize(CENT, context=EXACT)
+    except Inexact:
+        raise ValueError(
+            f"金额按{unit}换算成元后须精确到分 (an amount is kept to the fen, 0.01 元)"
+        ) from None
     if exact > MAX_AMOUNT:
-        raise ValueError(f"an amount cannot exceed {MAX_AMOUNT} 元")
-    return exact
+        raise too_big
+    return exact.copy_abs()  # -0 is 0
 
 
 def _plain(value: Decimal) -> str:
