@@ -305,6 +305,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for the problems an operation can answer (see problems_in_openapi)."""
     text = {
         400: "请求有误 (bad request)",
+        403: "无权：角色或园区范围不允许 (forbidden by role or park scope)",
         404: "记录不存在 (not found)",
         409: "冲突：唯一值重复或存在下级记录 (conflict)",
         412: "If-Match 版本已过期 (stale version)",

@@ -66,6 +66,8 @@ async def _apply(session: AsyncSession, change: dict[str, Any]) -> ResourceSpec:
         op=change["op"],
         version=record.version,
         changed_at=record.updated_at,
+        park_id=None if spec.park is None else getattr(record, spec.park),
+        previous_park_id=None,
         data=change["data"],
     )
     return spec

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from app.db import Record
 from app.errors import FieldError, Invalid
 from app.models.chain import Chain, ChainCreate, ChainPublic, ChainRole
 from app.models.common import YEAR_MAX, YEAR_MIN, Id, ListParams, QueryText, partial
@@ -19,7 +20,7 @@ from app.models.source import Source, SourceCreate, SourcePublic
 from app.models.target import Metric, Recurrence, Target, TargetCreate, TargetPublic
 from app.money import MoneyUnit, to_yuan
 from app.services import project as project_service
-from app.services.records import PARKS_OF, Child, ResourceSpec, log_change
+from app.services.records import PARKS_OF, Child, ResourceSpec, apply_update, log_change
 
 COMMON_SORT = ("id", "created_at", "updated_at")
 
@@ -72,8 +73,32 @@ async def investment_amount(session: AsyncSession, record: Any, data: dict[str, 
         raise Invalid.field("amount", str(exc)) from exc
 
 
+async def investment_park(session: AsyncSession, record: Any, data: dict[str, Any]) -> None:
+    """An investment is filed under its project's park (kept with it: `Investment.park_id`),
+    read by the parent check of this same write."""
+    if data.get("project_id") is not None:
+        data["park_id"] = session.info[PARKS_OF][("project", data["project_id"])]
+
+
+async def project_moved(session: AsyncSession, record: Any, before: Any) -> None:
+    """A project moved to another park takes its live investments along, each a change of its
+    own: a reader of the old park sees them go, one of the new park sees them come."""
+    if before is None or before.park_id == record.park_id:
+        return
+    table = INVESTMENTS.table
+    moving = await session.execute(
+        select(table).where(table.c.project_id == record.id, table.c.deleted_at.is_(None))
+    )
+    for row in moving.mappings().all():
+        await apply_update(session, INVESTMENTS, Record(row), {"park_id": record.park_id})
+
+
 async def investment_written(session: AsyncSession, record: Any, before: Any) -> None:
     """An investment record moves its project's headline: recompute, and feed that change too."""
+    if before is not None and all(
+        before[k] == record[k] for k in record if k not in ("park_id", "version", "updated_at")
+    ):
+        return  # moved with its project: nothing the headline reads has changed
     project_ids = {record.project_id} | ({before.project_id} if before is not None else set())
     for project_id in sorted(project_ids):
         project = await project_service.refresh_totals(session, project_id)
@@ -162,6 +187,7 @@ SOURCES = ResourceSpec(
         Child("investments", Investment, "source_id"),
         Child("targets", Target, "source_id"),
     ),
+    park=None,  # shared by every park
 )
 
 PARKS = ResourceSpec(
@@ -182,6 +208,7 @@ PARKS = ResourceSpec(
         Child("targets", Target, "park_id"),
     ),
     unique=(("external_id",), ("name",)),
+    park="id",
 )
 
 CHAINS = ResourceSpec(
@@ -240,6 +267,7 @@ PROJECTS = ResourceSpec(
         "max_investment": lambda v: Project.total_investment <= v,
     },
     validate=same_park,
+    after_write=project_moved,
 )
 
 INVESTMENTS = ResourceSpec(
@@ -255,6 +283,7 @@ INVESTMENTS = ResourceSpec(
     search_fields=("quote", "note"),
     parents={"project_id": Project, "source_id": Source},
     prepare=investment_amount,
+    validate=investment_park,
     after_write=investment_written,
 )
 

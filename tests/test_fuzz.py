@@ -96,6 +96,8 @@ for _spec in ALL:
 for _name in ("projects", "enterprises", "investments"):
     _accept(f"export_{_name}", RULES)
 _accept("list_project_investments", RULES)
+for _operation in ("create_user", "update_user", "create_token"):
+    _accept(_operation, RULES)  # `park_ids` naming a park that does not exist
 for _name in ("projects", "investments"):
     _accept(f"import_{_name}", RULES)
     # negative_data_rejection: in multipart/form-data every part is bytes, so a "number" where
@@ -216,7 +218,7 @@ HARNESS: dict[str, tuple[Settings, dict[str, str]]] = {}
 def _restore_admin(engine: str) -> None:
     """The harness signs in as `admin`. A staff token lasts only while its account is active,
     an admin, and has the password it was issued under, and the fuzzed `PATCH /users/{id}`
-    may change any of them: put the account back and sign again."""
+    may change any of them, or confine it to some parks: put the account back and sign again."""
     settings, headers = HARNESS[engine]
 
     async def restore() -> None:
@@ -226,7 +228,7 @@ def _restore_admin(engine: str) -> None:
                 await session.execute(
                     update(User)
                     .where(User.username == "admin")  # type: ignore[arg-type]
-                    .values(is_active=True, role=Role.admin.value)
+                    .values(is_active=True, role=Role.admin.value, park_ids=None)
                 )
                 await session.commit()
         finally:

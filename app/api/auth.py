@@ -15,7 +15,7 @@ from app.api.deps import (
 )
 from app.config import Settings
 from app.errors import Invalid, responses
-from app.models.common import MAX_ID
+from app.models.common import MAX_ID, QueryText
 from app.models.user import (
     AccessToken,
     AuditAction,
@@ -117,7 +117,7 @@ async def list_users(session: ReadSession, acting: Admin) -> list[UserPublic]:
     summary="新建用户（管理员）",
     description="角色 viewer 只读 / editor 可写登记数据 / admin 另可管理用户与令牌；密码只保存哈希。",
     operation_id="create_user",
-    responses=responses(409, 422),
+    responses=responses(403, 409, 422),
 )
 async def create_user(
     request: Request, body: UserCreate, response: Response, acting: Admin
@@ -138,7 +138,7 @@ async def create_user(
         " Disabling, demoting or a new password takes effect on the user's next request."
     ),
     operation_id="update_user",
-    responses=responses(404, 422),
+    responses=responses(403, 404, 422),
 )
 async def update_user(
     request: Request,
@@ -172,7 +172,7 @@ async def list_tokens(session: ReadSession, acting: Admin) -> list[TokenPublic]:
     summary="新建服务令牌（管理员；令牌原文只显示一次）",
     description="供其他系统调用：`Authorization: Bearer pir_…`。权限 read 只读 / write 可写 / admin 管理。",
     operation_id="create_token",
-    responses=responses(409, 422),
+    responses=responses(403, 409, 422),
 )
 async def create_token(
     request: Request,
@@ -216,7 +216,7 @@ async def revoke_token(
         " Access audit trail, newest first."
     ),
     operation_id="list_audit_events",
-    responses=responses(422),
+    responses=responses(403, 422),
 )
 async def list_audit_events(
     session: ReadSession,
@@ -227,9 +227,10 @@ async def list_audit_events(
     ] = None,
     action: Annotated[AuditAction | None, Query(description="只看某类事件")] = None,
     subject: Annotated[
-        str | None, Query(max_length=200, description="只看某个账号或令牌，如 user:zhangsan")
+        QueryText | None,
+        Query(max_length=200, description="只看某个账号或令牌，如 user:zhangsan"),
     ] = None,
-    actor: Annotated[str | None, Query(max_length=200, description="只看某个操作者")] = None,
+    actor: Annotated[QueryText | None, Query(max_length=200, description="只看某个操作者")] = None,
 ) -> AuditPage:
     if acting is not None and acting.parks is not None:
         raise Forbidden(

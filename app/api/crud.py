@@ -156,7 +156,8 @@ def add_crud_routes(
         description="成功返回 201，`Location` 指向新记录，`ETag` 为其版本。",
         operation_id=f"create_{spec.singular}",
         dependencies=[CanWrite],
-        responses=responses(409, 422),
+        # A park is made only by a caller of every park.
+        responses=responses(403, 409, 422) if spec.park == "id" else responses(409, 422),
         openapi_extra={"responses": {"201": {"links": links}}},
     )
     async def create_record(

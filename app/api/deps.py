@@ -151,6 +151,7 @@ def authorize(
     if principal is None:
         if role == Role.viewer and public and settings.public_read:
             context.actor.set("anonymous")
+            context.parks.set(None)
             return None
         raise Unauthorized()
     if not principal.allows(role):
@@ -158,6 +159,7 @@ def authorize(
             f"this needs the {role.value} role; {principal.name} is {principal.role.value}"
         )
     context.actor.set(principal.name)
+    context.parks.set(principal.parks)
     return principal
 
 

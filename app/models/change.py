@@ -27,6 +27,10 @@ class Change(SQLModel, table=True):
     changed_at: datetime = Field(sa_type=UTCDateTime)
     actor: str | None = Field(default=None, max_length=200)
     request_id: str | None = Field(default=None, max_length=100)
+    # The record's park after the write (none for sources, which every park shares), and the
+    # one it left, when the write moved it: a park-scoped reader sees that as a deletion.
+    park_id: int | None = Field(default=None)
+    previous_park_id: int | None = Field(default=None)
     data: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 

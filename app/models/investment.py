@@ -61,6 +61,9 @@ class Investment(InvestmentBase, RecordColumns, table=True):
     __tablename__ = "investment"
 
     amount: Decimal = Field(sa_type=ExactDecimal(18, 2))
+    # Its project's park, kept with it (set on every write, moved with the project): what
+    # park-scoped access filters on, as for every other record.
+    park_id: int = Field(foreign_key="park.id", index=True)
 
 
 AMOUNT_IN_DOC = '金额，按 unit 换算成元后须精确到分，不可为负；可写字符串或数字，如 "30"'
@@ -78,6 +81,10 @@ class InvestmentCreate(InvestmentBase, CreateModel):
 class InvestmentPublic(InvestmentBase, RecordPublic):
     amount: DecimalString = Field(
         description="金额（元）", schema_extra={"examples": ["3000000000.00"]}
+    )
+    park_id: int = Field(
+        description="所属园区编号，随项目（只读）(the project's park)",
+        schema_extra={"examples": [1]},
     )
 
     @computed_field(description="显示形式", examples=["30亿元"])  # type: ignore[prop-decorator]

@@ -76,14 +76,18 @@ _FEED = changes.COLUMNS[1:]
 
 
 def change_row(
-    spec: ResourceSpec, row: Row, op: str, audit: tuple[str | None, str | None]
+    spec: ResourceSpec,
+    row: Row,
+    op: str,
+    audit: tuple[str | None, str | None],
+    previous_park_id: int | None = None,
 ) -> tuple[Any, ...]:
     """The change-feed entry `records.log_change` writes for this record (`records.change_entry`),
     in `_FEED` order; `audit` is (`context.actor`, `context.request_id`) of the write. Its data
     is already the JSON text the JSON column would store (`json.dumps`, as SQLAlchemy encodes
     it)."""
     actor, request_id = audit
-    entry = records.change_entry(spec, Record(row), op)
+    entry = records.change_entry(spec, Record(row), op, previous_park_id)
     entry.update(actor=actor, request_id=request_id, data=json.dumps(entry["data"]))
     return tuple(entry[name] for name in _FEED)
 

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any
 
 import pydantic_core
-from sqlalchemy import Integer, Text, bindparam, cast, func, insert, select
+from sqlalchemy import Integer, Text, bindparam, cast, func, insert, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import context
@@ -27,6 +27,8 @@ async def record(
     op: str,
     version: int,
     changed_at: datetime,
+    park_id: int | None,
+    previous_park_id: int | None,
     data: dict[str, Any] | None,
 ) -> None:
     """Appends the change row with one Core INSERT (no ORM instance: nothing reads it back in
@@ -41,6 +43,8 @@ async def record(
         "changed_at": changed_at,
         "actor": context.actor.get(),
         "request_id": context.request_id.get(),
+        "park_id": park_id,
+        "previous_park_id": previous_park_id,
         "data": data,
     }
     dialect = session.get_bind().dialect.name
@@ -64,6 +68,44 @@ def _insert(dialect: str) -> Any:
 # last (`page_bytes` and `bulk.ChangeLog` rely on that order).
 COLUMNS = tuple(c.key for c in Change.__table__.columns)  # type: ignore[attr-defined]
 assert COLUMNS[0] == "seq" and COLUMNS[-1] == "data"
+_AT = {name: i for i, name in enumerate(COLUMNS)}
+_SEQ, _RESOURCE, _ID, _EXTERNAL_ID, _OP, _VERSION, _CHANGED_AT, _ACTOR, _REQUEST_ID, _DATA = (
+    _AT[name]
+    for name in (
+        "seq",
+        "resource",
+        "record_id",
+        "external_id",
+        "op",
+        "version",
+        "changed_at",
+        "actor",
+        "request_id",
+        "data",
+    )
+)
+
+
+def _in_scope(table: Any, parks: frozenset[int]) -> Any:
+    """Entries a caller confined to `parks` sees: its parks' records, the shared sources, and
+    the records that left its parks (shown as deletions: `_as_seen`)."""
+    listed: list[Any] = [literal_column(str(int(p))) for p in sorted(parks)]
+    return or_(
+        table.c.park_id.is_(None),
+        table.c.park_id.in_(listed),
+        table.c.previous_park_id.in_(listed),
+    )
+
+
+def _as_seen(row: Sequence[Any], parks: frozenset[int] | None) -> Sequence[Any]:
+    """A feed row as a caller confined to `parks` sees it: a record moved out of its parks has
+    been deleted, for all it can tell (its data, now another park's, is not shown)."""
+    park_id = row[_AT["park_id"]]
+    if parks is None or park_id is None or park_id in parks:
+        return row
+    seen = list(row)
+    seen[_OP], seen[_DATA] = "delete", None
+    return seen
 
 
 async def page_json(
@@ -72,7 +114,10 @@ async def page_json(
     """A feed page as JSON (the `ChangePage` schema), with each entry's `data` passed through
     as the JSON text it was stored as: the feed is read far more often than written, and
     parsing every snapshot only to serialise it again was most of a page's cost. For callers
-    who are not `staff` (anonymous public reads) entries name no actor and no request."""
+    who are not `staff` (anonymous public reads) entries name no actor and no request; for a
+    caller confined to some parks (`context.parks`) only theirs, with seq numbers as they are,
+    so that it resumes after its own last_seq and misses nothing of its view."""
+    parks = context.parks.get()
 
     def build() -> Any:
         table = Change.__table__  # type: ignore[attr-defined]
@@ -82,13 +127,19 @@ async def page_json(
         )
         if resource is not None:
             stmt = stmt.where(table.c.resource == bindparam("resource"))
+        if parks is not None:
+            stmt = stmt.where(_in_scope(table, parks))
         return stmt.order_by(table.c.seq).limit(bindparam("limit", type_=Integer))
 
     values: dict[str, Any] = {"after": seq, "limit": limit}
     if resource is not None:
         values["resource"] = resource
-    rows = await run(session, statement(("feed", resource is not None), build), values)
-    return page_bytes([tuple(r.values()) for r in rows], seq, staff)
+    scope = None if parks is None else tuple(sorted(parks))
+    rows = await run(session, statement(("feed", resource is not None, scope), build), values)
+    table: list[Sequence[Any]] = [tuple(r.values()) for r in rows]
+    if parks is not None:
+        table = [_as_seen(row, parks) for row in table]
+    return page_bytes(table, seq, staff)
 
 
 def page_bytes(rows: Sequence[Sequence[Any]], seq: int, staff: bool = True) -> bytes:
@@ -98,35 +149,46 @@ def page_bytes(rows: Sequence[Sequence[Any]], seq: int, staff: bool = True) -> b
     for row in rows:
         head = pydantic_core.to_json(
             {
-                "seq": row[0],
-                "resource": row[1],
-                "id": row[2],
-                "external_id": row[3],
-                "op": row[4],
-                "version": row[5],
-                "changed_at": row[6],
-                "actor": row[7] if staff else None,
-                "request_id": row[8] if staff else None,
+                "seq": row[_SEQ],
+                "resource": row[_RESOURCE],
+                "id": row[_ID],
+                "external_id": row[_EXTERNAL_ID],
+                "op": row[_OP],
+                "version": row[_VERSION],
+                "changed_at": row[_CHANGED_AT],
+                "actor": row[_ACTOR] if staff else None,
+                "request_id": row[_REQUEST_ID] if staff else None,
             }
         )
-        data = b"null" if row[9] is None else row[9].encode()
+        data = b"null" if row[_DATA] is None else row[_DATA].encode()
         items.append(head[:-1] + b',"data":' + data + b"}")
     last_seq = rows[-1][0] if rows else seq
     return b'{"items":[' + b",".join(items) + b'],"last_seq":' + str(last_seq).encode() + b"}"
 
 
-async def history(session: AsyncSession, resource: str, record_id: int) -> list[Record]:
+async def history(session: AsyncSession, resource: str, record_id: int) -> list[Any]:
+    """A record's changes in order, as the caller (`context.parks`) sees them: none if the
+    record was never in its parks."""
+    parks = context.parks.get()
+
     def build() -> Any:
         table = Change.__table__  # type: ignore[attr-defined]
-        return (
-            select(table)
-            .where(table.c.resource == bindparam("resource"), table.c.record_id == bindparam("id"))
-            .order_by(table.c.seq)
+        stmt = select(table).where(
+            table.c.resource == bindparam("resource"), table.c.record_id == bindparam("id")
         )
+        if parks is not None:
+            stmt = stmt.where(_in_scope(table, parks))
+        return stmt.order_by(table.c.seq)
 
-    return await run(
-        session, statement(("history",), build), {"resource": resource, "id": record_id}
+    scope = None if parks is None else tuple(sorted(parks))
+    rows = await run(
+        session, statement(("history", scope), build), {"resource": resource, "id": record_id}
     )
+    if parks is None:
+        return rows
+    return [
+        Record(zip(COLUMNS, _as_seen([r[c] for c in COLUMNS], parks), strict=True)) for r in rows
+    ]
 
 
 def parse_time(value: str) -> datetime:

@@ -8,7 +8,7 @@ import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Annotated, Any, Protocol, get_args
@@ -24,6 +24,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     false,
+    literal_column,
     or_,
     select,
 )
@@ -35,11 +36,12 @@ from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
-from app import db
+from app import context, db
 from app.db import Record, one, run, statement
 from app.db_types import ExactDecimal, UTCDateTime, utcnow
 from app.errors import Conflict, FieldError, Invalid, NotFound, PreconditionFailed
 from app.models.common import MAX_ID, After, DecimalString, ListParams
+from app.security import Forbidden
 from app.services import changes
 
 Hook = Callable[[AsyncSession, Any, dict[str, Any]], Awaitable[None]]
@@ -76,6 +78,8 @@ class ResourceSpec:
     validate: Hook | None = None
     # Runs after a write is flushed: (session, record, previous values or None).
     after_write: AfterHook | None = None
+    # The column that names a record's park (a park's own `id`); None: shared by every park.
+    park: str | None = "park_id"
 
     def column(self, name: str) -> Any:
         return getattr(self.model, name)
@@ -181,15 +185,43 @@ def plain_model(public: type[BaseModel]) -> type[BaseModel]:
 # ---------------------------------------------------------------- reading
 
 
+# ---------------------------------------------------------------- park scope
+
+
+def scope_of(spec: ResourceSpec) -> tuple[int, ...] | None:
+    """The parks the caller is confined to (`context.parks`, set with its role) if they bound
+    this resource's records; None for an unscoped caller, and for records every park shares.
+    Part of each statement's shape: the ids are written into it, as the constants they are."""
+    parks = context.parks.get()
+    if parks is None or spec.park is None:
+        return None
+    return tuple(sorted(parks))
+
+
+def in_scope(spec: ResourceSpec, scope: tuple[int, ...]) -> ColumnElement[bool]:
+    assert spec.park is not None
+    listed: list[Any] = [literal_column(str(int(p))) for p in scope]
+    condition: ColumnElement[bool] = spec.table.c[spec.park].in_(listed)
+    return condition
+
+
+def sees_park(park_id: Any) -> bool:
+    parks = context.parks.get()
+    return parks is None or park_id in parks
+
+
 async def read_row(session: AsyncSession, spec: ResourceSpec, record_id: int) -> Any:
     """One live record as a Core row (no ORM identity map or instance): the read path."""
     if not 1 <= record_id <= MAX_ID:
         raise NotFound(f"{spec.singular} {record_id} does not exist")
     table = spec.table
-    stmt = statement(
-        ("row", spec.name),
-        lambda: select(table).where(table.c.id == bindparam("id"), table.c.deleted_at.is_(None)),
-    )
+    scope = scope_of(spec)
+
+    def build() -> Any:
+        stmt = select(table).where(table.c.id == bindparam("id"), table.c.deleted_at.is_(None))
+        return stmt if scope is None else stmt.where(in_scope(spec, scope))
+
+    stmt = statement(("row", spec.name, scope), build)
     row = one(await run(session, stmt, {"id": record_id}))
     if row is None:
         raise NotFound(f"{spec.singular} {record_id} does not exist")
@@ -204,12 +236,16 @@ async def get_live(
         # (a 500 on /projects/{huge}/investments, /chains/{huge}/scorecard, batch items).
         raise NotFound(f"{spec.singular} {record_id} does not exist")
 
+    scope = scope_of(spec)
+
     def build() -> Any:
         table = spec.table
         stmt = select(table).where(table.c.id == bindparam("id"), table.c.deleted_at.is_(None))
+        if scope is not None:
+            stmt = stmt.where(in_scope(spec, scope))
         return stmt.with_for_update() if lock else stmt
 
-    stmt = statement(("live", spec.name, lock), build)
+    stmt = statement(("live", spec.name, lock, scope), build)
     record = one(await run(session, stmt, {"id": record_id}))
     if record is None:
         raise NotFound(f"{spec.singular} {record_id} does not exist")
@@ -258,7 +294,9 @@ def _decode_value(column: Any, value: Any) -> Any:
         parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
         if parsed is None or parsed.tzinfo is None:
             raise ValueError("bad datetime")
-        return parsed
+        # In UTC here, as the column binds it: 9999-12-31T23:59:59-23:00 is past year 9999 in
+        # UTC (an OverflowError at the driver, a 500, before this).
+        return parsed.astimezone(UTC)
     if isinstance(column_type, ExactDecimal):
         number = Decimal(value) if isinstance(value, str) else None
         if number is None or not number.is_finite():
@@ -294,13 +332,29 @@ def _decode_cursor(
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if raw["s"] != sort or len(raw["v"]) != len(keys):
-            raise Invalid.field("cursor", "this cursor belongs to another sort order", "query")
+            raise Invalid.field(
+                "cursor",
+                "游标属于另一种排序，请用同一 sort 翻页 (this cursor belongs to another sort order)",
+                "query",
+            )
         return [
             _decode_value(spec.column(k).expression, v)
             for (k, _), v in zip(keys, raw["v"], strict=True)
         ]
-    except (ValueError, KeyError, TypeError, ArithmeticError, binascii.Error) as exc:
-        raise Invalid.field("cursor", "not a cursor this API issued", "query") from exc
+    # RecursionError: JSON nested deeper than the parser goes (`[[[[…`).
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        ArithmeticError,
+        RecursionError,
+        binascii.Error,
+    ) as exc:
+        raise Invalid.field(
+            "cursor",
+            "游标无效，须为上一页返回的 next_cursor (not a cursor this API issued)",
+            "query",
+        ) from exc
 
 
 def _order(column: Any, desc: bool) -> UnaryExpression[Any]:
@@ -390,6 +444,8 @@ def filter_conditions(
     `within`, a caller's fixed column equalities), so a new filter is added in this one place."""
     built: list[Callable[[], ColumnElement[bool]]] = []
     values: dict[str, Any] = {}
+    if (scope := scope_of(spec)) is not None:
+        built.append(functools.partial(in_scope, spec, scope))
     if not params.include_deleted:
         built.append(functools.partial(_is_null, spec, "deleted_at"))
     for name, column in AFTER.items():
@@ -448,7 +504,17 @@ async def list_page(
         )
 
     unset = tuple(sorted(k for k, v in (within or {}).items() if v is None))
-    shape = ("page", spec.name, sort, tuple(sorted(values)), unset, nulls, params.include_deleted)
+    scope = scope_of(spec)
+    shape = (
+        "page",
+        spec.name,
+        sort,
+        tuple(sorted(values)),
+        unset,
+        nulls,
+        params.include_deleted,
+        scope,
+    )
     rows = await run(session, statement(shape, build), values)
     if len(rows) <= params.limit:
         return rows, None
@@ -535,6 +601,7 @@ async def check_rules(
     ]
     if missing:
         raise Invalid("; ".join(e.message for e in missing), errors=missing)
+    _check_scope(spec, record, data, given, parks)
     if spec.validate:
         await spec.validate(session, record, data)
     record_id = None if record is None else record.id
@@ -550,10 +617,47 @@ async def check_rules(
             other = None if holder is None or holder.id == record_id else holder.id
         if other is not None:
             shown = ", ".join(f"{f}={v}" for f, v in values.items())
+            # Its id only for a caller of every park: the holder may lie in another park.
+            which = f" ({other})" if context.parks.get() is None else ""
             raise Conflict(
-                f"another {spec.singular} ({other}) already has {shown}",
+                f"another {spec.singular}{which} already has {shown}",
                 errors=[FieldError(field=fields[-1], location="body", message="already taken")],
             )
+
+
+def _check_scope(
+    spec: ResourceSpec,
+    record: Any,
+    data: dict[str, Any],
+    given: list[tuple[str, Any, int]],
+    parks: Mapping[tuple[str, int], Any],
+) -> None:
+    """A caller confined to some parks writes only in them: a park, parent or record of another
+    park is refused as if it did not exist (its ids tell nothing), and only a caller of every
+    park makes a park. Moving a record takes scope on both parks: the old one let it be read."""
+    if context.parks.get() is None or spec.park is None:
+        return
+    if spec.park == "id":
+        if record is None:
+            raise Forbidden(
+                "只有不限园区的账号可以新建园区 (only a city-wide account creates parks)"
+            )
+        return
+    outside = [
+        FieldError(
+            field=fk, location="body", message=f"{parent.__tablename__} {ref} does not exist"
+        )
+        for fk, parent, ref in given
+        if (str(parent.__tablename__), ref) in parks
+        and not sees_park(parks[(str(parent.__tablename__), ref)])
+    ]
+    park_id = data.get(spec.park, None if record is None else getattr(record, spec.park))
+    if spec.park in data and not sees_park(park_id):
+        outside.append(
+            FieldError(field=spec.park, location="body", message=f"park {park_id} does not exist")
+        )
+    if outside:
+        raise Invalid("; ".join(e.message for e in outside), errors=outside)
 
 
 async def _parents(
@@ -597,9 +701,12 @@ async def _holder(
     return None if found is None else int(found.id)
 
 
-def change_entry(spec: ResourceSpec, record: Any, op: str) -> dict[str, Any]:
+def change_entry(
+    spec: ResourceSpec, record: Any, op: str, previous_park_id: int | None = None
+) -> dict[str, Any]:
     """The change-feed entry of a write to `record`, bar who made it and under which request
-    (`changes.record` adds those)."""
+    (`changes.record` adds those); `previous_park_id` when the write moved it to another park."""
+    park_id = None if spec.park is None else getattr(record, spec.park)
     return {
         "resource": spec.name,
         "record_id": record.id,
@@ -608,6 +715,8 @@ def change_entry(spec: ResourceSpec, record: Any, op: str) -> dict[str, Any]:
         "version": record.version,
         # The record's own updated_at, so a mirror can restore a tombstone's deleted_at exactly.
         "changed_at": record.updated_at,
+        "park_id": park_id,
+        "previous_park_id": None if previous_park_id == park_id else previous_park_id,
         "data": None if op == "delete" else spec.to_public(record),
     }
 
@@ -617,8 +726,14 @@ def next_version(record: Any, changed: dict[str, Any], now: datetime) -> dict[st
     return {**changed, "version": record.version + 1, "updated_at": now}
 
 
-async def log_change(session: AsyncSession, spec: ResourceSpec, record: Any, op: str) -> None:
-    await changes.record(session, **change_entry(spec, record, op))
+async def log_change(
+    session: AsyncSession,
+    spec: ResourceSpec,
+    record: Any,
+    op: str,
+    previous_park_id: int | None = None,
+) -> None:
+    await changes.record(session, **change_entry(spec, record, op, previous_park_id))
 
 
 async def _execute_write(
@@ -676,9 +791,11 @@ async def insert(
     table = spec.table
     stmt = statement(("insert", spec.name), lambda: sa_insert(table).returning(*table.c))
     record = (await _execute_write(session, spec, stmt, new_row(spec, data, utcnow())))[0]
+    # The write's own entry first, then what its hook changes: a reader of the feed meets a
+    # cause before its effects (a moved project before its investments).
+    await log_change(session, spec, record, op)
     if spec.after_write:
         await spec.after_write(session, record, None)
-    await log_change(session, spec, record, op)
     return record
 
 
@@ -697,10 +814,11 @@ async def apply_update(
         return False
     await check_rules(session, spec, record, changed)
     before = _snapshot(record) if spec.after_write else None
+    previous_park = None if spec.park is None else getattr(record, spec.park)
     await _write(session, spec, record, next_version(record, changed, utcnow()))
+    await log_change(session, spec, record, "update", previous_park)
     if spec.after_write:
         await spec.after_write(session, record, before)
-    await log_change(session, spec, record, "update")
     return True
 
 
@@ -738,8 +856,13 @@ async def live_children(
 
 async def soft_delete(session: AsyncSession, spec: ResourceSpec, record: Any) -> None:
     blocking = await live_children(session, spec, record.id)
+    if blocking and context.parks.get() is not None:
+        # A shared source's records may lie in parks the caller cannot see: no ids of theirs.
+        blocking = {name: [] for name in blocking}
     if blocking:
-        named = "; ".join(f"{name}: {', '.join(map(str, ids))}" for name, ids in blocking.items())
+        named = "; ".join(
+            f"{name}: {', '.join(map(str, ids))}" if ids else name for name, ids in blocking.items()
+        )
         raise Conflict(
             f"{spec.singular} {record.id} still has live records ({named}); delete or move them first",
             extra={"children": blocking},
@@ -747,9 +870,9 @@ async def soft_delete(session: AsyncSession, spec: ResourceSpec, record: Any) ->
     before = _snapshot(record) if spec.after_write else None
     now = utcnow()
     await _write(session, spec, record, next_version(record, {"deleted_at": now}, now))
+    await log_change(session, spec, record, "delete")
     if spec.after_write:
         await spec.after_write(session, record, before)
-    await log_change(session, spec, record, "delete")
 
 
 async def _fail_fast_if_stale(
@@ -835,6 +958,12 @@ async def put_by_external_id(
         record = await insert(session, spec, data)
         await commit(session, spec)
         return record, True
+    if spec.park is not None and not sees_park(getattr(record, spec.park)):
+        # Another park's record holds this key: to this caller, the key is simply taken.
+        raise Conflict(
+            f"external_id {external_id} is taken by a {spec.singular} outside your parks",
+            errors=[FieldError(field="external_id", location="path", message="already taken")],
+        )
     check_version(record, if_match)
     if record.deleted_at is not None:
         data["deleted_at"] = None

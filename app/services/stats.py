@@ -8,6 +8,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from app import context
 from app.models.chain import Chain
 from app.models.project import Project
 
@@ -42,6 +43,8 @@ async def investment(
     )
     if park_id is not None:
         stmt = stmt.where(col(Project.park_id) == park_id)
+    if (parks := context.parks.get()) is not None:  # a park-scoped caller: its parks only
+        stmt = stmt.where(col(Project.park_id).in_(sorted(parks)))
     rows = (await session.execute(stmt)).all()
     labels: dict[Any, str] = {}
     if group_by == GroupBy.chain:

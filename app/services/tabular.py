@@ -1456,6 +1456,17 @@ class _Importer:
         )
         if target is None and record_id is None:
             return None, True
+        if target is not None and spec.park and not records.sees_park(getattr(target, spec.park)):
+            # Another park's record, to a caller confined to its own parks: not there, and its
+            # keys taken (the same answers as the API's).
+            self.fail(
+                number,
+                None,
+                f"编号 {record_id} 的{spec.title_zh}不存在；新建时请清空编号"
+                if record_id is not None
+                else f"外部编号或代码已被您的园区之外的{spec.title_zh}使用",
+            )
+            return None, False
         ok = True
         if record_id is not None and target is None:
             self.fail(
@@ -1580,7 +1591,15 @@ class _Importer:
             updates = [r for op, r, _ in writes if op == "update"]
             await bulk.update_rows(self.session, spec, updates, plan.fields)
             await bulk.insert_rows(self.session, spec, [r for op, r, _ in writes if op == "create"])
-            await self.feed.add([bulk.change_row(spec, r, op, self.audit) for op, r, _ in writes])
+            park = spec.park
+            await self.feed.add(
+                [
+                    bulk.change_row(
+                        spec, r, op, self.audit, getattr(b, park) if b and park else None
+                    )
+                    for op, r, b in writes
+                ]
+            )
             if spec.after_write is not None:
                 # The API's own hook, per record (an investment moves its project's headline).
                 for _, written, before in writes:
