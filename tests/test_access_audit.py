@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from sqlalchemy import inspect, text
 
@@ -316,3 +317,37 @@ def test_an_answer_too_large_to_keep_is_not_replayed_nor_carried_out_twice(
         assert replayed.headers["idempotent-replayed"] == "true"
     stored = everything_stored(database_url)
     assert "批量49" in stored  # the records, and not their answer: only the change rows hold it
+
+
+def test_an_old_token_ends_with_the_access_it_stood_for(database_url: str) -> None:
+    key = "k" * 48
+    with server(database_url, SECRET_KEY=key) as (base, _):
+        admin = bearer(token_of(base, "admin", ADMIN_PASSWORD))
+        users = {
+            u["username"]: u["id"] for u in httpx.get(f"{base}{API}/users", headers=admin).json()
+        }
+        park = {"name": "试探园区", "level": "other"}
+
+        def set_user(name: str, **change: Any) -> None:
+            answer = httpx.patch(f"{base}{API}/users/{users[name]}", json=change, headers=admin)
+            assert answer.status_code == 200, answer.text
+
+        # Disabled: the token it had is refused at once, for reads and writes alike.
+        editor = bearer(token_of(base, "editor", "editor-password"))
+        set_user("editor", is_active=False)
+        assert httpx.get(f"{base}{API}/parks", headers=editor).status_code == 401
+        assert httpx.post(f"{base}{API}/parks", json=park, headers=editor).status_code == 401
+        set_user("editor", is_active=True)
+        # Demoted: reads go on, writes are refused, with the same token.
+        assert httpx.get(f"{base}{API}/parks", headers=editor).status_code == 200
+        set_user("editor", role="viewer")
+        assert httpx.post(f"{base}{API}/parks", json=park, headers=editor).status_code == 403
+        # A new password ends every token issued before it.
+        viewer = bearer(token_of(base, "viewer", "viewer-password"))
+        set_user("viewer", password="a-new-viewer-password")
+        assert httpx.get(f"{base}{API}/parks", headers=viewer).status_code == 401
+        # A well-signed token for an account that does not exist, or claiming admin.
+        now = int(time.time())
+        ghost = {"sub": "ghost", "uid": 999, "cred": "x", "role": "admin", "typ": "access"}
+        forged = jwt.encode({**ghost, "iat": now, "exp": now + 600}, key, algorithm="HS256")
+        assert httpx.get(f"{base}{API}/users", headers=bearer(forged)).status_code == 401
