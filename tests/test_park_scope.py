@@ -275,12 +275,21 @@ def test_park_a_writers_change_nothing_of_park_b(world: World) -> None:
             headers=h,
         )
         assert put.status_code == 409, put.text
-        batch = w.client.post(
-            f"{API}/projects/batch",
-            json={"items": [{"op": "update", "id": b["projects"], "data": {"name": "批改"}}]},
+        for resource in SCOPED:
+            for item in (
+                {"op": "update", "id": b[resource], "data": {"note": "批改"}},
+                {"op": "delete", "id": b[resource]},
+            ):
+                batch = w.client.post(f"{API}/{resource}/batch", json={"items": [item]}, headers=h)
+                assert batch.status_code == 422, (caller, resource, batch.text)
+                assert "does not exist" in batch.text and SECRET_B not in batch.text
+        rows = f"项目编号,类型,金额(元)\n{b['projects']},报道,100\n".encode()
+        invested = w.client.post(
+            f"{API}/investments/import",
+            files={"file": ("i.csv", io.BytesIO(rows), "text/csv")},
             headers=h,
         )
-        assert batch.status_code == 422, batch.text
+        assert invested.status_code == 422 and "does not exist" in invested.text, invested.text
         csv = f"编号,名称,园区编号\n{b['projects']},导入改名,{a['parks']}\n".encode()
         imported = w.client.post(
             f"{API}/projects/import",
