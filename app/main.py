@@ -1,7 +1,10 @@
 """The ASGI application: `app.main:app`."""
 
+import base64
 import gc
+import hashlib
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +26,7 @@ from app.limits import BodyLimit
 from app.resources import ALL
 from app.services import user as user_service
 from app.services.project import HEADLINE_RULE
+from app.shutdown import ClientTimeout
 
 API_PREFIX = "/api/v1"
 
@@ -69,6 +73,66 @@ class RequestId:
             await self.app(scope, receive, send_with_id)
         finally:
             context.request_id.reset(token)
+
+
+# An inline <script> or <style> element of a documentation page: one without attributes (the
+# pages' others load files: `<script src=…>`).
+_INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
+
+
+def docs_policy(html: bytes, *, drawn_at_run_time: bool = False) -> str:
+    """The Content-Security-Policy of a documentation page, made from the page as sent: scripts
+    and styles from this server, the page's own inline ones by their SHA-256, data: images (of
+    Swagger UI's stylesheet), requests to this server alone. Swagger UI keeps the bearer token in
+    the page, so no other script may run there. ReDoc (`drawn_at_run_time`) makes its styles as
+    it runs (styled-components: refused without 'unsafe-inline', the page left blank) and its
+    search in a worker from a blob: URL; its footer logo, from Redocly's CDN, stays blocked."""
+    hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
+    for kind, content in _INLINE.findall(html):
+        digest = base64.b64encode(hashlib.sha256(content).digest()).decode()
+        hashes[kind].append(f"'sha256-{digest}'")
+    scripts = " ".join(["'self'", *hashes[b"script"]])
+    styles = "'unsafe-inline'" if drawn_at_run_time else " ".join(hashes[b"style"])
+    worker = "worker-src blob:; " if drawn_at_run_time else ""
+    return (
+        f"default-src 'none'; script-src {scripts}; style-src 'self' {styles}".rstrip()
+        + f"; img-src 'self' data:; connect-src 'self'; {worker}"
+        "form-action 'self'; base-uri 'none'; object-src 'none'; frame-ancestors 'none'"
+    )
+
+
+class DocsPolicy:
+    """Sends each documentation page (path → drawn at run time?) with its `docs_policy`. The
+    pages are FastAPI's, by way of fastapi-offline (which serves their files from here, not a
+    CDN), so the policy is made from what each page holds as sent, not from a copy kept here."""
+
+    def __init__(self, app: ASGIApp, pages: dict[str, bool]) -> None:
+        self.app = app
+        self.pages = pages
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.pages:
+            await self.app(scope, receive, send)
+            return
+        drawn_at_run_time = self.pages[scope["path"]]
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def with_policy(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            html = b"".join(chunks)
+            policy = docs_policy(html, drawn_at_run_time=drawn_at_run_time)
+            fields = [*start.get("headers", []), (b"content-security-policy", policy.encode())]
+            await send({**start, "headers": fields})
+            await send({"type": "http.response.body", "body": html})
+
+        await self.app(scope, receive, with_policy)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -137,7 +201,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(Idempotency)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.docs_enabled:
+        pages = {"/docs": False, "/docs/oauth2-redirect": False, "/redoc": True}
+        app.add_middleware(DocsPolicy, pages=pages)
     app.add_middleware(RequestId)
+    # Outermost: a body's time counts from when its request reached the app.
+    app.add_middleware(ClientTimeout, seconds=settings.client_timeout_seconds)
 
     # The resource routes are registered on the application's own router, first: the router
     # tries routes in turn, and an included router's routes cost more to try (bench/README.md).

@@ -201,7 +201,7 @@ def _arguments(request: Request, inputs: list[_Input], body: bytes, session: Any
             else:
                 arguments[spec.name] = spec.default
             continue
-        if isinstance(raw, str) and "\x00" in raw:
+        if isinstance(raw, str) and spec.kind != "body" and "\x00" in raw:
             errors.append(_nul(spec.kind, spec.alias, raw))
             continue
         if spec.kind == "query_model":
