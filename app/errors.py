@@ -173,6 +173,7 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
         400: "Bad request",
         404: "Not found",
         405: "Method not allowed",
+        408: "Request timeout",
         413: "Content too large",
     }
     title = titles.get(exc.status_code, "Error")

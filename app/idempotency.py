@@ -86,8 +86,9 @@ class Idempotency:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body"):
                     break
-        except HTTPException as exc:
-            refusal = _problem(scope, exc.status_code, "Content too large", str(exc.detail))
+        except HTTPException as exc:  # 413 from BodyLimit, 408 from ClientTimeout
+            title = {408: "Request timeout"}.get(exc.status_code, "Content too large")
+            refusal = _problem(scope, exc.status_code, title, str(exc.detail), exc.headers)
             await refusal(scope, receive, send)
             return
         body = b"".join(chunks)

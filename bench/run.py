@@ -36,6 +36,9 @@ import dataset  # noqa: E402
 THREADS, CONNECTIONS, DURATION, WARMUP = 2, 32, 12, 2
 # Each endpoint's DURATION is measured in ROUNDS turns per server, taken in alternation.
 ROUNDS = 3
+# Our server as `python -m app serve` runs it: uvicorn with each connection behind the bounds
+# on slow and oversized requests (`app.shutdown.Connection`).
+OURS = [sys.executable, "-m", "uvicorn", "app.main:app", "--http", "app.shutdown:Connection"]
 HOST = "127.0.0.1"
 ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BENCH_DB = "registry_bench"
@@ -716,9 +719,7 @@ def bench_engine(
         "REGISTRY_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "IMPORT_MAX_BODY_BYTES": str(512 * 2**20),  # the import of 100,000 rows is one upload
     }
-    ours = Server(
-        f"{engine.name}-ours", [sys.executable, "-m", "uvicorn", "app.main:app"], env, workdir
-    )
+    ours = Server(f"{engine.name}-ours", OURS, env, workdir)
     ref_env = {
         **env,
         "REF_POOL_SIZE": os.environ.get("REF_POOL_SIZE", "20"),
@@ -845,9 +846,7 @@ def scale_out(
     """Issue 6's rehearsal: the same load on one app process, then split over two processes on
     the same database (each with its own wrk). Reads should add up as far as the machine's cores
     allow; creates share the feed's lock; the feed must stay one entry per write either way."""
-    second = Server(
-        f"{engine.name}-ours-b", [sys.executable, "-m", "uvicorn", "app.main:app"], env, workdir
-    )
+    second = Server(f"{engine.name}-ours-b", OURS, env, workdir)
     out: dict[str, Any] = {}
     try:
         second.start()
