@@ -145,6 +145,7 @@ INVESTMENT_COLS = (
     "currency",
     "as_of_date",
     "amount",
+    "park_id",
 )
 CHANGE_COLS = (
     "seq",
@@ -355,6 +356,7 @@ def build() -> DataSet:
                     "CNY",
                     r.as_of_date,
                     r.amount,
+                    skeleton[pid - 1][9],  # the project's park
                 )
             )
         total, conflict = headline(per_project[pid])  # type: ignore[arg-type]
@@ -415,7 +417,7 @@ def iter_changes(ds: DataSet) -> Iterator[list[tuple[Any, ...]]]:
             else:
                 data = _public(cols, row)
                 if table == "investment":
-                    data["amount_display"] = display(row[-1])
+                    data["amount_display"] = display(row[INVESTMENT_COLS.index("amount")])
             emit(resource, row[0], row[1], "create", 1, data)
             if len(chunk) >= CHUNK:
                 yield chunk
