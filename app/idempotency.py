@@ -88,7 +88,8 @@ class Idempotency:
                     break
         except HTTPException as exc:  # 413 from BodyLimit, 408 from ClientTimeout
             title = {408: "Request timeout"}.get(exc.status_code, "Content too large")
-            refusal = _problem(scope, exc.status_code, title, str(exc.detail), exc.headers)
+            headers = dict(exc.headers) if exc.headers else None
+            refusal = _problem(scope, exc.status_code, title, str(exc.detail), headers)
             await refusal(scope, receive, send)
             return
         body = b"".join(chunks)

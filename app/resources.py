@@ -268,6 +268,7 @@ PROJECTS = ResourceSpec(
     },
     validate=same_park,
     after_write=project_moved,
+    children_follow=True,
 )
 
 INVESTMENTS = ResourceSpec(

@@ -50,9 +50,6 @@ class Principal:
     def allows(self, role: Role) -> bool:
         return RANK[self.role] >= RANK[role]
 
-    def sees(self, park_id: int | None) -> bool:
-        return self.parks is None or park_id in self.parks
-
     def covers(self, parks: "frozenset[int] | None") -> bool:
         """Whether its scope holds all of `parks` (None: every park)."""
         return self.parks is None or (parks is not None and parks <= self.parks)

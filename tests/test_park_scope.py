@@ -590,3 +590,28 @@ def test_a_park_a_mirror_holds_exactly_park_a_while_both_parks_are_written(
             mirror.wait(timeout=10)
     db_factory.drop(source_url)
     db_factory.drop(mirror_url)
+
+
+def test_shared_sources_are_added_by_a_park_but_changed_only_by_the_city(world: World) -> None:
+    w = world
+    source = w.ids["A"]["sources"]
+    h = w.callers["a_write"]
+    patched = w.client.patch(f"{API}/sources/{source}", json={"title": "改了"}, headers=h)
+    assert patched.status_code == 403, patched.text
+    deleted = w.client.delete(f"{API}/sources/{source}", headers={**h, "If-Match": "*"})
+    assert deleted.status_code == 403, deleted.text
+    added = w.client.post(f"{API}/sources", json={"title": "园区简报"}, headers=h)
+    assert added.status_code == 201, added.text
+    assert w.client.patch(f"{API}/sources/{source}", json={"title": "改了"}).status_code == 200
+
+
+def test_a_chain_moves_to_another_park_only_without_its_records(world: World) -> None:
+    w = world
+    a, b = w.ids["A"], w.ids["B"]
+    # A's project and enterprise stand on A's chain: it cannot leave them in A.
+    moved = w.client.patch(f"{API}/chains/{a['chains']}", json={"park_id": b["parks"]})
+    assert moved.status_code == 409, moved.text
+    assert "enterprises" in moved.text and "projects" in moved.text
+    # So a park-A caller never meets another park's chain through its own records.
+    exported = _get(w, "a_read", f"{API}/projects/export", format="csv").text
+    assert SECRET_B not in exported

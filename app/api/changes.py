@@ -17,6 +17,7 @@ operations = Operations()
 MAX_SEQ = 2**63 - 1
 MAX_FEED_PAGE = 1000
 
+TABLES = {spec.name: spec.table for spec in ALL}
 ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  # type: ignore[misc]
 
 
@@ -28,7 +29,7 @@ ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  
     summary="变更流：按提交顺序列出所有写入",
     description=(
         "以 `after=上次的 last_seq` 轮询，不会漏掉、也不会重复任何变更；删除以墓碑 (data 为空) 出现。"
-        " 匿名读取（PUBLIC_READ）时不含操作者与请求编号。"
+        " 匿名读取（PUBLIC_READ）时不含操作者与请求编号，且只显示记录的当前版本（旧版本与已删除记录只有编号）。"
         " Poll with `after=last_seq`: no change is missed or seen twice."
     ),
     operation_id="list_changes",
@@ -44,7 +45,8 @@ async def list_changes(
     ] = 100,
     resource: Annotated[ResourceName | None, Query(description="只看某类资源")] = None,
 ) -> Response:
-    staff = await caller(request) is not None  # anonymous public reads see no staff names
+    # Anonymous public reads see the registry as it is: no staff names, no past versions.
+    public = None if await caller(request) is not None else TABLES
     name = resource.value if resource else None
-    page = await changes.page_json(session, after, limit, name, staff)
+    page = await changes.page_json(session, after, limit, name, public)
     return Response(page, media_type="application/json")

@@ -115,6 +115,8 @@ def add_crud_routes(
     # `:int` so that a sibling path (`/parks/batch`, `/projects/export`) with another method
     # is answered 405 by the router instead of reaching this route as a malformed id (422).
     item = f"{base}/{{id:int}}"
+    # Shared records (sources) are changed by callers of every park only.
+    shared = (403,) if spec.park is None else ()
     tags: list[str | Any] = [tag(spec)]
     RecordId = Annotated[int, Path(alias="id", description=f"{spec.title_zh}编号", ge=1, le=MAX_ID)]
     links = record_links(spec)
@@ -283,7 +285,7 @@ def add_crud_routes(
         description="只改请求里给出的字段；带 `If-Match` 时版本不符返回 412。内容未变则版本不变。",
         operation_id=f"update_{spec.singular}",
         dependencies=[CanWrite],
-        responses=responses(404, 409, 412, 422),
+        responses=responses(*shared, 404, 409, 412, 422),
         openapi_extra={"responses": {"200": {"links": links}}},
     )
     async def update_record(
@@ -305,7 +307,7 @@ def add_crud_routes(
         description="软删除：记录从列表和查询中消失，但保留墓碑供同步。仍有下级记录时返回 409 并列出它们。",
         operation_id=f"delete_{spec.singular}",
         dependencies=[CanWrite],
-        responses=responses(404, 409, 412, 422),
+        responses=responses(*shared, 404, 409, 412, 422),
     )
     async def delete_record(
         session: WriteSession, record_id: RecordId, if_match: IfMatch = None

@@ -4,12 +4,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, StrictBool
+from pydantic import AfterValidator, ConfigDict, StrictBool
+from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Index, String
 from sqlmodel import Field, SQLModel
 
 from app.db_types import UTCDateTime
-from app.models.common import AwareDatetime, Id, ShortName
+from app.models.common import AwareDatetime, Ref, ShortName
 
 
 class Role(StrEnum):
@@ -79,11 +80,26 @@ class AuditEvent(SQLModel, table=True):
     detail: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
+def _no_colon(name: str) -> str:
+    # "token:…" names a service token wherever a caller is named (actor, audit, idempotency).
+    if ":" in name:
+        raise ValueError("用户名不能包含冒号 (a username has no colon)")
+    return name
+
+
+Username = Annotated[ShortName, AfterValidator(_no_colon)]
+
+
+def _distinct(parks: list[int]) -> list[int]:
+    return sorted(set(parks))
+
+
+ParkIds = Annotated[
+    list[Ref], PydanticField(min_length=1, max_length=100), AfterValidator(_distinct)
+]
 ParkScope = Annotated[
-    list[Id] | None,
+    ParkIds | None,
     Field(
-        min_length=1,
-        max_length=100,
         description="只能查看、修改这些园区的记录（园区编号）；空 (null) 为不限园区（全市）",
         schema_extra={"examples": [[1]]},
     ),
@@ -93,7 +109,10 @@ ParkScope = Annotated[
 class UserCreate(SQLModel):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
-    username: ShortName = Field(description="用户名", schema_extra={"examples": ["zhangsan"]})
+    username: Username = Field(
+        description="用户名（不含冒号：token:… 是服务令牌的名字）",
+        schema_extra={"examples": ["zhangsan"]},
+    )
     password: str = Field(min_length=8, max_length=200, description="密码（至少 8 位）")
     role: Role = Field(description="角色: viewer 只读 / editor 编辑 / admin 管理员")
     park_ids: ParkScope = None

@@ -1,6 +1,6 @@
 """The change log: one row per write, in the write's own transaction, in commit order."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -109,12 +109,17 @@ def _as_seen(row: Sequence[Any], parks: frozenset[int] | None) -> Sequence[Any]:
 
 
 async def page_json(
-    session: AsyncSession, seq: int, limit: int, resource: str | None, staff: bool = True
+    session: AsyncSession,
+    seq: int,
+    limit: int,
+    resource: str | None,
+    records: Mapping[str, Any] | None = None,
 ) -> bytes:
     """A feed page as JSON (the `ChangePage` schema), with each entry's `data` passed through
     as the JSON text it was stored as: the feed is read far more often than written, and
-    parsing every snapshot only to serialise it again was most of a page's cost. For callers
-    who are not `staff` (anonymous public reads) entries name no actor and no request; for a
+    parsing every snapshot only to serialise it again was most of a page's cost. For anonymous
+    public reads (`records`: each resource's table, to tell current versions) entries name no
+    actor and no request, and hold data only as current versions (`_current_only`); for a
     caller confined to some parks (`context.parks`) only theirs, with seq numbers as they are,
     so that it resumes after its own last_seq and misses nothing of its view."""
     parks = context.parks.get()
@@ -139,7 +144,35 @@ async def page_json(
     table: list[Sequence[Any]] = [tuple(r.values()) for r in rows]
     if parks is not None:
         table = [_as_seen(row, parks) for row in table]
-    return page_bytes(table, seq, staff)
+    if records is not None:
+        table = await _current_only(session, table, records)
+    return page_bytes(table, seq, records is None)
+
+
+async def _current_only(
+    session: AsyncSession, rows: list[Sequence[Any]], tables: Mapping[str, Any]
+) -> list[Sequence[Any]]:
+    """A feed page as an anonymous public reader sees it: the registry as it is, not its past.
+    An entry keeps its data only while it is its record's current version; a superseded or
+    deleted record's entries keep their ids (the tombstones a consumer needs), not the data.
+    `tables`: each resource's table of records, by name."""
+    wanted: dict[str, set[int]] = {}
+    for row in rows:
+        if row[_DATA] is not None:
+            wanted.setdefault(row[_RESOURCE], set()).add(row[_ID])
+    current: set[tuple[str, int, int]] = set()
+    for resource, ids in wanted.items():
+        of = tables[resource]
+        live = of.c.id.in_(sorted(ids)), of.c.deleted_at.is_(None)
+        found = await run(session, select(of.c.id, of.c.version).where(*live))
+        current |= {(resource, r.id, r.version) for r in found}
+    out: list[Sequence[Any]] = []
+    for row in rows:
+        if row[_DATA] is not None and (row[_RESOURCE], row[_ID], row[_VERSION]) not in current:
+            row = list(row)
+            row[_DATA] = None
+        out.append(row)
+    return out
 
 
 def page_bytes(rows: Sequence[Sequence[Any]], seq: int, staff: bool = True) -> bytes:

@@ -80,6 +80,9 @@ class ResourceSpec:
     after_write: AfterHook | None = None
     # The column that names a record's park (a park's own `id`); None: shared by every park.
     park: str | None = "park_id"
+    # Whether its children move with it to another park (a project's investments do, by its
+    # `after_write`); if not, it may move only without live children.
+    children_follow: bool = False
 
     def column(self, name: str) -> Any:
         return getattr(self.model, name)
@@ -602,6 +605,19 @@ async def check_rules(
     if missing:
         raise Invalid("; ".join(e.message for e in missing), errors=missing)
     _check_scope(spec, record, data, given, parks)
+    if (
+        record is not None
+        and spec.park in data
+        and data[spec.park] != getattr(record, spec.park)
+        and spec.children
+        and not spec.children_follow
+        and (blocking := await live_children(session, spec, record.id))
+    ):
+        raise Conflict(
+            f"{spec.singular} {record.id} still has live records in its park "
+            f"({', '.join(blocking)}); move or delete them first",
+            extra={"children": blocking},
+        )
     if spec.validate:
         await spec.validate(session, record, data)
     record_id = None if record is None else record.id
@@ -625,6 +641,9 @@ async def check_rules(
             )
 
 
+SHARED = "来源为各园区共用，只有不限园区的账号可以修改或删除 (a shared source is changed by city-wide accounts only)"
+
+
 def _check_scope(
     spec: ResourceSpec,
     record: Any,
@@ -634,8 +653,13 @@ def _check_scope(
 ) -> None:
     """A caller confined to some parks writes only in them: a park, parent or record of another
     park is refused as if it did not exist (its ids tell nothing), and only a caller of every
-    park makes a park. Moving a record takes scope on both parks: the old one let it be read."""
-    if context.parks.get() is None or spec.park is None:
+    park makes a park. Moving a record takes scope on both parks: the old one let it be read.
+    Sources, which every park shares, it may add but not change."""
+    if context.parks.get() is None:
+        return
+    if spec.park is None:
+        if record is not None:
+            raise Forbidden(SHARED)
         return
     if spec.park == "id":
         if record is None:
@@ -855,14 +879,11 @@ async def live_children(
 
 
 async def soft_delete(session: AsyncSession, spec: ResourceSpec, record: Any) -> None:
+    if spec.park is None and context.parks.get() is not None:
+        raise Forbidden(SHARED)  # its records may lie in parks the caller cannot see
     blocking = await live_children(session, spec, record.id)
-    if blocking and context.parks.get() is not None:
-        # A shared source's records may lie in parks the caller cannot see: no ids of theirs.
-        blocking = {name: [] for name in blocking}
     if blocking:
-        named = "; ".join(
-            f"{name}: {', '.join(map(str, ids))}" if ids else name for name, ids in blocking.items()
-        )
+        named = "; ".join(f"{name}: {', '.join(map(str, ids))}" for name, ids in blocking.items())
         raise Conflict(
             f"{spec.singular} {record.id} still has live records ({named}); delete or move them first",
             extra={"children": blocking},

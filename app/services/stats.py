@@ -49,9 +49,10 @@ async def investment(
     labels: dict[Any, str] = {}
     if group_by == GroupBy.chain:
         ids = [r.key for r in rows if r.key is not None]
-        found = await session.execute(
-            select(col(Chain.id), col(Chain.name)).where(col(Chain.id).in_(ids))
-        )
+        chains = select(col(Chain.id), col(Chain.name)).where(col(Chain.id).in_(ids))
+        if (parks := context.parks.get()) is not None:
+            chains = chains.where(col(Chain.park_id).in_(sorted(parks)))
+        found = await session.execute(chains)
         labels = {chain_id: name for chain_id, name in found}
     return [
         {

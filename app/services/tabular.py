@@ -348,7 +348,12 @@ async def _related_names(
         ids = {getattr(r, column.field) for r in rows} - {None}
         if not ids:
             continue
-        result = await session.execute(select(model.id, model.name).where(model.id.in_(ids)))
+        query = select(model.id, model.name).where(model.id.in_(ids))
+        parks = context.parks.get()
+        park: Any = model.id if model is Park else getattr(model, "park_id", None)
+        if parks is not None and park is not None:  # names of its parks' records only
+            query = query.where(park.in_(sorted(parks)))
+        result = await session.execute(query)
         names |= {(model, rid): name for rid, name in result.all()}
     return names
 
@@ -1540,6 +1545,16 @@ class _Importer:
             data = {k: v for k, v in data.items() if getattr(target, k) != v}
             if not data:
                 self.unchanged += 1
+                return None
+            if spec.park is not None and spec.park in data:
+                # A move is one record's change, with its children and their feed entries in
+                # order (`PATCH`); an import's entries go into the feed at its end.
+                self.fail(
+                    number,
+                    self.header_of(spec.park),
+                    f"导入不能把{spec.title_zh}移到另一个园区；请用 PATCH 修改 {spec.park}"
+                    " (moving a record to another park: use the API)",
+                )
                 return None
             if row.version is not None and row.version != target.version:
                 self.fail(

@@ -4,7 +4,6 @@ import hmac
 import json
 import logging
 import secrets
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -28,16 +27,14 @@ from app.models.user import (
     UserCreate,
     UserUpdate,
 )
-from app.security import Forbidden, Principal, Unauthorized
+from app.security import Forbidden, Principal, TooManyRequests, Unauthorized
 from app.services import audit
 
 log = logging.getLogger("app.users")
-WINDOW = timedelta(minutes=1)
+# Logins waiting for a hashing thread beyond this many are turned away (429) at once.
+MAX_QUEUED_LOGINS = 64
+_IN_FLIGHT: set[tuple[str, str]] = set()  # (username, address) of the logins being decided
 ADMIN = "admin"
-
-
-def _scope(park_ids: list[int] | None) -> frozenset[int] | None:
-    return None if park_ids is None else frozenset(park_ids)
 
 
 async def _grantable(
@@ -45,7 +42,7 @@ async def _grantable(
 ) -> None:
     """An admin grants only parks it holds itself (an unscoped admin: any), and only parks that
     exist: 403 or 422 naming `park_ids`."""
-    if acting is not None and not acting.covers(_scope(park_ids)):
+    if acting is not None and not acting.covers(security.park_scope(park_ids)):
         raise Forbidden(
             "只能授予自己范围内的园区 (a scope can only be granted from within your own parks)"
         )
@@ -120,7 +117,8 @@ async def update_user(
         if user is None or not manages(acting, user.park_ids):
             raise NotFound(f"user {user_id} does not exist")
         changed: dict[str, Any] = {}
-        if "park_ids" in body.model_fields_set and _scope(body.park_ids) != _scope(user.park_ids):
+        scope = security.park_scope
+        if "park_ids" in body.model_fields_set and scope(body.park_ids) != scope(user.park_ids):
             await _grantable(session, acting, body.park_ids)
             changed["park_ids"] = [user.park_ids, body.park_ids]
             user.park_ids = body.park_ids
@@ -172,6 +170,27 @@ async def authenticate(
     """The account's id, username, role and password hash, or 401; 429 with Retry-After once
     too many logins failed (`audit.check_login_limits`). The password is checked holding no
     connection or lock: a burst of logins waits for the hashing limiter, not for the pool."""
+    if security.hashing.statistics().tasks_waiting >= MAX_QUEUED_LOGINS:
+        raise TooManyRequests(
+            "登录繁忙，请稍后再试 (too many logins at once)", headers={"Retry-After": "1"}
+        )
+    # One attempt at a time per (username, address) in this process: guesses sent in parallel
+    # would all pass the limits below before the first of them is counted as a failure.
+    if (username, address) in _IN_FLIGHT:
+        raise TooManyRequests(
+            "同一账号的登录正在进行 (a login for this account is in progress)",
+            headers={"Retry-After": "1"},
+        )
+    _IN_FLIGHT.add((username, address))
+    try:
+        return await _authenticate(db, settings, username, password, address)
+    finally:
+        _IN_FLIGHT.discard((username, address))
+
+
+async def _authenticate(
+    db: Database, settings: Settings, username: str, password: str, address: str
+) -> Any:
     table = User.__table__  # type: ignore[attr-defined]
     async with db.reader() as session:
         await audit.check_login_limits(session, settings, username, address)

@@ -37,8 +37,10 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_investment_park_id'), ['park_id'], unique=False)
         batch_op.create_foreign_key(batch_op.f('fk_investment_park_id_park'), 'park', ['park_id'], ['id'])
 
-    # Each change as of its record's park now (where a record moved before, its older entries
-    # are filed under the park it is in).
+    # Each change filed under its record's park: as its own snapshot says (chains, enterprises,
+    # projects and targets carry park_id), else the park it is in now (tombstones; investments,
+    # whose snapshots gain their project's park here, as the API now shows them).
+    postgres = op.get_bind().dialect.name == 'postgresql'
     op.execute("UPDATE change SET park_id = record_id WHERE resource = 'parks'")
     for resource, table in (
         ('chains', 'chain'),
@@ -51,6 +53,32 @@ def upgrade() -> None:
             f"UPDATE change SET park_id = (SELECT {table}.park_id FROM {table} "
             f"WHERE {table}.id = change.record_id) WHERE resource = '{resource}'"
         )
+    in_snapshot = (
+        "CAST(CAST(data AS jsonb) ->> 'park_id' AS INTEGER)"
+        if postgres
+        else "CAST(json_extract(data, '$.park_id') AS INTEGER)"
+    )
+    op.execute(
+        f"UPDATE change SET park_id = {in_snapshot} WHERE op <> 'delete' "
+        "AND resource IN ('chains', 'enterprises', 'projects', 'targets') "
+        f"AND {in_snapshot} IS NOT NULL"
+    )
+    with_park = (
+        "CAST(jsonb_set(CAST(data AS jsonb), '{park_id}', to_jsonb(park_id)) AS json)"
+        if postgres
+        else "json_set(data, '$.park_id', park_id)"
+    )
+    op.execute(
+        f"UPDATE change SET data = {with_park} "
+        "WHERE resource = 'investments' AND op <> 'delete' AND park_id IS NOT NULL"
+    )
+    # Where a record's park changed from one entry to the next, the entry says where it left.
+    op.execute(
+        "UPDATE change SET previous_park_id = moves.before FROM ("
+        "SELECT seq, LAG(park_id) OVER (PARTITION BY resource, record_id ORDER BY seq) AS before "
+        "FROM change) AS moves "
+        "WHERE change.seq = moves.seq AND moves.before <> change.park_id"
+    )
 
     # ### end Alembic commands ###
 
