@@ -4,11 +4,11 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from app.db import Record
+from app.db import Record, one, run, statement
 from app.errors import FieldError, Invalid
 from app.models.chain import Chain, ChainCreate, ChainPublic, ChainRole
 from app.models.common import YEAR_MAX, YEAR_MIN, Id, ListParams, QueryText, partial
@@ -20,7 +20,14 @@ from app.models.source import Source, SourceCreate, SourcePublic
 from app.models.target import Metric, Recurrence, Target, TargetCreate, TargetPublic
 from app.money import MoneyUnit, to_yuan
 from app.services import project as project_service
-from app.services.records import PARKS_OF, Child, ResourceSpec, apply_update, log_change
+from app.services.records import (
+    ONE_WRITE,
+    PARKS_OF,
+    Child,
+    ResourceSpec,
+    apply_update,
+    log_change,
+)
 
 COMMON_SORT = ("id", "created_at", "updated_at")
 
@@ -75,9 +82,29 @@ async def investment_amount(session: AsyncSession, record: Any, data: dict[str, 
 
 async def investment_park(session: AsyncSession, record: Any, data: dict[str, Any]) -> None:
     """An investment is filed under its project's park (kept with it: `Investment.park_id`),
-    read by the parent check of this same write."""
-    if data.get("project_id") is not None:
-        data["park_id"] = session.info[PARKS_OF][("project", data["project_id"])]
+    read by the parent check of this same write. On PostgreSQL a write through the API reads
+    it again holding the project's row (FOR UPDATE) until it commits: a move of the project
+    committed meanwhile would otherwise miss this investment (`project_moved`), and the
+    foreign key's own lock does not stop that update."""
+    project_id = data.get("project_id")
+    if project_id is None:
+        return
+    if session.info.get(ONE_WRITE) and session.get_bind().dialect.name == "postgresql":
+        held = one(
+            await run(session, statement(("project-park",), _project_park), {"id": project_id})
+        )
+        data["park_id"] = (held or {"park_id": session.info[PARKS_OF][("project", project_id)]})[
+            "park_id"
+        ]
+    else:
+        data["park_id"] = session.info[PARKS_OF][("project", project_id)]
+
+
+def _project_park() -> Any:
+    table = PROJECTS.table
+    # FOR UPDATE, as `investment_written` takes it next to refresh the project's totals: a
+    # shared lock taken first would deadlock two writers upgrading it at once.
+    return select(table.c.park_id).where(table.c.id == bindparam("id")).with_for_update()
 
 
 async def project_moved(session: AsyncSession, record: Any, before: Any) -> None:

@@ -615,3 +615,43 @@ def test_a_chain_moves_to_another_park_only_without_its_records(world: World) ->
     # So a park-A caller never meets another park's chain through its own records.
     exported = _get(w, "a_read", f"{API}/projects/export", format="csv").text
     assert SECRET_B not in exported
+
+
+def test_investments_written_while_their_project_moves_follow_it(
+    db_factory: DatabaseFactory, tokens: dict[str, str]
+) -> None:
+    url = db_factory.fresh()
+    admin = bearer(tokens["admin"])
+    with server(url) as (base, _), httpx.Client(base_url=base, headers=admin, timeout=30) as http:
+        parks = [
+            http.post(f"{API}/parks", json={"name": f"{p}园", "level": "other"}).json()["id"]
+            for p in "AB"
+        ]
+        project = http.post(
+            f"{API}/projects", json={"park_id": parks[0], "name": "来回", "stage": "planning"}
+        ).json()["id"]
+
+        def move(_: int) -> None:
+            with httpx.Client(base_url=base, headers=admin, timeout=30) as mover:
+                for i in range(40):
+                    answer = mover.patch(
+                        f"{API}/projects/{project}", json={"park_id": parks[(i + 1) % 2]}
+                    )
+                    assert answer.status_code == 200, answer.text
+
+        def invest(_: int) -> None:
+            with httpx.Client(base_url=base, headers=admin, timeout=30) as investor:
+                for i in range(40):
+                    answer = investor.post(
+                        f"{API}/investments",
+                        json={"project_id": project, "kind": "reported", "amount": str(i + 1)},
+                    )
+                    assert answer.status_code == 201, answer.text
+
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda f: f(0), [move, invest, invest]))
+        park = http.get(f"{API}/projects/{project}").json()["park_id"]
+        filed = http.get(f"{API}/investments", params={"project_id": project, "limit": 500})
+        assert len(filed.json()["items"]) == 80
+        assert {i["park_id"] for i in filed.json()["items"]} == {park}
+    db_factory.drop(url)

@@ -543,6 +543,7 @@ def etag(record: Any) -> str:
     return f'"{record.version}"'
 
 
+ONE_WRITE = "one_write"  # session.info key: True while a write's rules run one record at a time
 PARKS_OF = "parks_of"  # session.info key: (table, id) → park_id of the parents just checked
 
 
@@ -593,8 +594,10 @@ async def check_rules(
     else:
         live = {fk: known.live(str(parent.__tablename__), ref) for fk, parent, ref in given}
         parks = known.parks
-    # For this write's `validate` hook, which then need not ask again (see `same_park`).
+    # For this write's `validate` hook, which then need not ask again (see `same_park`); and
+    # whether the hook may ask the database (one write at a time) or not (the import's rows).
     session.info[PARKS_OF] = parks
+    session.info[ONE_WRITE] = known is None
     missing = [
         FieldError(
             field=fk, location="body", message=f"{parent.__tablename__} {ref} does not exist"
