@@ -26,7 +26,8 @@ Public APIs relied on, and why:
   overrides its public `terminate_all`, for the reason given there).
 - `uvicorn.Config(http=…)` takes a protocol class, which uvicorn makes for each connection with
   the keywords it gives its own (`config`, `server_state`, `app_state`, `_loop`); `Connection`
-  takes them and makes `HttpToolsProtocol` (what `http="httptools"` names) with the same.
+  takes them and makes the protocol `http="httptools"` names (`uvicorn.config.HTTP_PROTOCOLS`,
+  as uvicorn resolves its own setting) with the same.
   uvicorn copies `app_state` into each request's `scope["state"]`, as the ASGI lifespan state.
 """
 
@@ -44,14 +45,17 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.config import STARTUP_FAILURE
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.config import HTTP_PROTOCOLS, STARTUP_FAILURE
+from uvicorn.importer import import_from_string
 from uvicorn.supervisors import Multiprocess
 
 from app.config import get_settings
 from app.errors import PROBLEM_BASE, PROBLEM_JSON
 
 log = logging.getLogger("uvicorn.error")
+# The protocol uvicorn itself loads for `--http httptools`, found as uvicorn finds it (by that
+# setting's name), not by the module it lives in.
+HTTPTOOLS: Any = import_from_string(HTTP_PROTOCOLS["httptools"])
 
 # uvicorn's own limit on finishing the requests in progress once it has stopped listening.
 GRACEFUL_TIMEOUT_SECONDS = 30
@@ -179,7 +183,7 @@ class Connection(asyncio.Protocol):
         self.seconds = settings.client_timeout_seconds
         self.loop = _loop or asyncio.get_event_loop()
         # Made as uvicorn makes the protocol it picks itself, with the arguments it gives any.
-        self.inner = HttpToolsProtocol(
+        self.inner = HTTPTOOLS(
             config=config,
             server_state=server_state,
             app_state={**app_state, CONNECTION: self},
