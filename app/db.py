@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import event
+from sqlalchemy import event, literal_column
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -293,6 +293,12 @@ async def commit(session: AsyncSession) -> None:
         await session.commit()
     else:
         await session.flush()
+
+
+def constants(ids: Iterable[int]) -> list[Any]:
+    """Ids written into a statement as the constants they are (a park scope, part of the
+    statement's shape), in order: `column.in_(constants(ids))`."""
+    return [literal_column(str(int(i))) for i in sorted(ids)]
 
 
 def one(rows: list[Record]) -> Record | None:

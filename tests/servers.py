@@ -93,3 +93,22 @@ def server(
             process.wait()
         if output is not None:
             output.close()
+
+
+@contextmanager
+def mirror(source: str, token: str, database_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m app mirror` following `source` into `database_url` with `token`, polling
+    every 0.05 s when idle (its errors in its `stderr`); stopped afterwards."""
+    command = ["mirror", "--source", source, "--token", token, "--interval", "0.05"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", *command],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

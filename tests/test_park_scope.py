@@ -5,10 +5,7 @@ On both engines. Park B's records carry a marker that must never reach a caller 
 
 import asyncio
 import io
-import os
 import re
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,11 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from app.config import PROJECT_DIR
 from app.db import make_engine
 from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
 from tests.helpers import API, make_chain, make_enterprise, make_park, make_project, make_target
-from tests.servers import server
+from tests.servers import mirror, server
 
 SECRET_B = "乙园机密"  # in every name of park B's records
 SECRET_A = "甲园机密"
@@ -518,24 +514,6 @@ def test_a_park_a_mirror_holds_exactly_park_a_while_both_parks_are_written(
                 f"{API}/tokens",
                 json={"name": "mirror-a", "scopes": ["read"], "park_ids": [parks["A"]]},
             ).json()["token"]
-        mirror = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app",
-                "mirror",
-                "--source",
-                base,
-                "--token",
-                token,
-                "--interval",
-                "0.05",
-            ],
-            cwd=PROJECT_DIR,
-            env={**os.environ, "DATABASE_URL": mirror_url},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
 
         def write(park: str, writer: int) -> int:
             failures = 0
@@ -570,7 +548,7 @@ def test_a_park_a_mirror_holds_exactly_park_a_while_both_parks_are_written(
                     failures += r.status_code >= 400
             return failures
 
-        try:
+        with mirror(base, token, mirror_url) as follower:
             with ThreadPoolExecutor(4) as pool:
                 failures = sum(
                     pool.map(lambda a: write(*a), [("A", 0), ("A", 1), ("B", 0), ("B", 1)])
@@ -582,12 +560,9 @@ def test_a_park_a_mirror_holds_exactly_park_a_while_both_parks_are_written(
             while time.monotonic() < deadline:
                 if asyncio.run(_live_rows(mirror_url, None)) == expected:
                     break
-                assert mirror.poll() is None, mirror.stderr.read() if mirror.stderr else ""
+                assert follower.poll() is None, follower.stderr.read() if follower.stderr else ""
                 time.sleep(0.3)
             assert asyncio.run(_live_rows(mirror_url, None)) == expected
-        finally:
-            mirror.terminate()
-            mirror.wait(timeout=10)
     db_factory.drop(source_url)
     db_factory.drop(mirror_url)
 

@@ -2,8 +2,6 @@
 and a mirror that follows it."""
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +12,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import PROJECT_DIR
 from tests.conftest import DatabaseFactory
 from tests.helpers import API, make_park, make_project, problem
-from tests.servers import server
+from tests.servers import mirror, server
 
 RESOURCE_TABLES = ("source", "park", "chain", "enterprise", "project", "investment", "target")
 
@@ -224,95 +221,78 @@ def test_concurrent_writers_poller_and_mirror_on_postgresql(
         park = httpx.post(
             f"{base}{API}/parks", json={"name": "园区", "level": "national"}, headers=auth
         ).json()
-        mirror = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app",
-                "mirror",
-                "--source",
-                base,
-                "--token",
-                tokens["read"],
-                "--interval",
-                "0.05",
-            ],
-            cwd=PROJECT_DIR,
-            env={"DATABASE_URL": mirror_url, "PATH": "/usr/bin:/bin"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        seen: list[int] = []
-        done = threading.Event()
+        with mirror(base, tokens["read"], mirror_url):
+            seen: list[int] = []
+            done = threading.Event()
 
-        def poll() -> None:
-            after = 0
-            with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
-                while True:
-                    finished = done.is_set()
-                    page = http.get(f"{API}/changes", params={"after": after, "limit": 1000}).json()
-                    seen.extend(c["seq"] for c in page["items"])
-                    after = page["last_seq"]
-                    if finished and not page["items"]:
-                        return
+            def poll() -> None:
+                after = 0
+                with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
+                    while True:
+                        finished = done.is_set()
+                        page = http.get(
+                            f"{API}/changes", params={"after": after, "limit": 1000}
+                        ).json()
+                        seen.extend(c["seq"] for c in page["items"])
+                        after = page["last_seq"]
+                        if finished and not page["items"]:
+                            return
 
-        def write(w: int) -> int:
-            failures = 0
-            with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
-                project = http.post(
-                    f"{API}/projects",
-                    json={"park_id": park["id"], "name": f"w{w}", "stage": "planning"},
-                ).json()
-                for i in range(writes_each - 1):
-                    if i % 3 == 2:
-                        r = http.post(
-                            f"{API}/investments",
-                            json={
-                                "project_id": project["id"],
-                                "kind": "reported",
-                                "amount": str(i),
-                            },
-                        )
-                    else:
-                        r = http.patch(
-                            f"{API}/projects/{project['id']}", json={"name": f"w{w}-{i}"}
-                        )
-                    failures += r.status_code >= 400
-            return failures
+            def write(w: int) -> int:
+                failures = 0
+                with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
+                    project = http.post(
+                        f"{API}/projects",
+                        json={"park_id": park["id"], "name": f"w{w}", "stage": "planning"},
+                    ).json()
+                    for i in range(writes_each - 1):
+                        if i % 3 == 2:
+                            r = http.post(
+                                f"{API}/investments",
+                                json={
+                                    "project_id": project["id"],
+                                    "kind": "reported",
+                                    "amount": str(i),
+                                },
+                            )
+                        else:
+                            r = http.patch(
+                                f"{API}/projects/{project['id']}", json={"name": f"w{w}-{i}"}
+                            )
+                        failures += r.status_code >= 400
+                return failures
 
-        poller = threading.Thread(target=poll)
-        poller.start()
-        try:
-            with ThreadPoolExecutor(writers) as pool:
-                failures = sum(pool.map(write, range(writers)))
-        finally:
-            done.set()
-            poller.join(timeout=120)
-        assert failures == 0
-        everything = httpx.get(
-            f"{base}{API}/changes", params={"after": 0, "limit": 1}, headers=auth
-        ).json()
-        assert everything["items"][0]["seq"] == seen[0]
-        assert seen == sorted(seen), "the poller saw a seq out of order"
-        assert len(seen) == len(set(seen)), "the poller saw a seq twice"
-
-        async def all_seqs() -> list[int]:
-            conn = await asyncpg.connect(source_url)
+            poller = threading.Thread(target=poll)
+            poller.start()
             try:
-                return [r[0] for r in await conn.fetch("SELECT seq FROM change ORDER BY seq")]
+                with ThreadPoolExecutor(writers) as pool:
+                    failures = sum(pool.map(write, range(writers)))
             finally:
-                await conn.close()
+                done.set()
+                poller.join(timeout=120)
+            assert failures == 0
+            everything = httpx.get(
+                f"{base}{API}/changes", params={"after": 0, "limit": 1}, headers=auth
+            ).json()
+            assert everything["items"][0]["seq"] == seen[0]
+            assert seen == sorted(seen), "the poller saw a seq out of order"
+            assert len(seen) == len(set(seen)), "the poller saw a seq twice"
 
-        assert seen == asyncio.run(all_seqs()), "the poller missed a change"
-        assert len(seen) >= 1 + writers * writes_each
-        # The mirror catches up and then holds the same rows.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if asyncio.run(_table_rows(source_url)) == asyncio.run(_table_rows(mirror_url)):
-                break
-            time.sleep(0.5)
-        mirror.terminate()
-        mirror.wait(timeout=10)
+            async def all_seqs() -> list[int]:
+                conn = await asyncpg.connect(source_url)
+                try:
+                    return [r[0] for r in await conn.fetch("SELECT seq FROM change ORDER BY seq")]
+                finally:
+                    await conn.close()
+
+            assert seen == asyncio.run(all_seqs()), "the poller missed a change"
+            assert len(seen) >= 1 + writers * writes_each
+            # The mirror catches up and then holds the same rows.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if asyncio.run(_table_rows(source_url)) == asyncio.run(_table_rows(mirror_url)):
+                    break
+                time.sleep(0.5)
         assert asyncio.run(_table_rows(source_url)) == asyncio.run(_table_rows(mirror_url))
     db_factory.drop(source_url)
     db_factory.drop(mirror_url)

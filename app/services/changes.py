@@ -5,11 +5,11 @@ from datetime import datetime
 from typing import Any
 
 import pydantic_core
-from sqlalchemy import Integer, Text, bindparam, cast, func, insert, literal_column, or_, select
+from sqlalchemy import Integer, Text, bindparam, cast, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import context
-from app.db import Record, run, statement
+from app.db import Record, constants, run, statement
 from app.models.change import Change
 
 # PostgreSQL hands out sequence values at insert but makes rows visible at commit, so a poller
@@ -89,7 +89,7 @@ _SEQ, _RESOURCE, _ID, _EXTERNAL_ID, _OP, _VERSION, _CHANGED_AT, _ACTOR, _REQUEST
 def _in_scope(table: Any, parks: frozenset[int]) -> Any:
     """Entries a caller confined to `parks` sees: its parks' records, the shared sources, and
     the records that left its parks (shown as deletions: `_as_seen`)."""
-    listed: list[Any] = [literal_column(str(int(p))) for p in sorted(parks)]
+    listed = constants(parks)
     return or_(
         table.c.park_id.is_(None),
         table.c.park_id.in_(listed),

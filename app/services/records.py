@@ -24,7 +24,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     false,
-    literal_column,
     or_,
     select,
 )
@@ -203,8 +202,7 @@ def scope_of(spec: ResourceSpec) -> tuple[int, ...] | None:
 
 def in_scope(spec: ResourceSpec, scope: tuple[int, ...]) -> ColumnElement[bool]:
     assert spec.park is not None
-    listed: list[Any] = [literal_column(str(int(p))) for p in scope]
-    condition: ColumnElement[bool] = spec.table.c[spec.park].in_(listed)
+    condition: ColumnElement[bool] = spec.table.c[spec.park].in_(db.constants(scope))
     return condition
 
 
