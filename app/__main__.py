@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     seed = sub.add_parser("seed", help="load the seed data (idempotent)")
     seed.add_argument("--check", action="store_true", help="report differences, write nothing")
     seed.add_argument("--if-empty", action="store_true", help="load only into an empty database")
+    seed.add_argument(
+        "--force",
+        action="store_true",
+        help="also overwrite seeded records that staff have changed since (kept otherwise)",
+    )
     user = sub.add_parser("create-user", help="add a staff account")
     user.add_argument("--username", required=True)
     user.add_argument("--password", required=True)
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "seed":
         from app import seed as seed_module
 
-        return seed_module.main(check=args.check, if_empty=args.if_empty)
+        return seed_module.main(check=args.check, if_empty=args.if_empty, force=args.force)
     if args.command == "import":
         from app import importer_cli
 

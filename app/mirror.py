@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, text
+from sqlalchemy import JSON, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
@@ -35,8 +35,15 @@ async def position(db: Database, source: str) -> int:
 
 
 def _columns(spec: ResourceSpec, data: dict[str, Any]) -> dict[str, Any]:
+    """The row a snapshot describes: values as the public model reads them, but a JSON column
+    as the snapshot's own JSON (the model would make objects of it, which JSON cannot store)."""
     typed = spec.public.model_validate(data)
-    return {c.key: getattr(typed, c.key) for c in spec.model.__table__.columns if c.key in data}  # type: ignore[attr-defined]
+    columns = spec.model.__table__.columns  # type: ignore[attr-defined]
+    return {
+        c.key: data[c.key] if isinstance(c.type, JSON) else getattr(typed, c.key)
+        for c in columns
+        if c.key in data
+    }
 
 
 async def _apply(session: AsyncSession, change: dict[str, Any]) -> ResourceSpec:

@@ -65,6 +65,36 @@ async def same_park(session: AsyncSession, record: Any, data: dict[str, Any]) ->
         raise Invalid("; ".join(e.message for e in errors), errors=errors)
 
 
+async def target_period(session: AsyncSession, record: Any, data: dict[str, Any]) -> None:
+    """A range of end years (`period_end_year_earliest` … `period_end_year`) is a range: it has
+    both ends, in order, and starts no earlier than the period does."""
+    await same_park(session, record, data)
+
+    def value(name: str) -> Any:
+        return data[name] if name in data else getattr(record, name, None)
+
+    earliest, end = value("period_end_year_earliest"), value("period_end_year")
+    start = value("period_start_year")
+    if earliest is None:
+        return
+    if end is None:
+        raise Invalid.field(
+            "period_end_year_earliest",
+            "给出最早截止年份时，period_end_year 须为范围的上限，不能为空 "
+            "(a range of end years needs period_end_year as its upper end)",
+        )
+    if earliest > end:
+        raise Invalid.field(
+            "period_end_year_earliest",
+            f"最早截止年份 {earliest} 晚于截止年份 {end} (the range's lower end is above its upper end)",
+        )
+    if start is not None and earliest < start:
+        raise Invalid.field(
+            "period_end_year_earliest",
+            f"最早截止年份 {earliest} 早于起始年份 {start} (the range ends before the period starts)",
+        )
+
+
 async def investment_amount(session: AsyncSession, record: Any, data: dict[str, Any]) -> None:
     """`amount` + `unit` on input → exact yuan in `amount`; the unit itself is not stored."""
     unit = data.pop("unit", None)
@@ -327,7 +357,7 @@ TARGETS = ResourceSpec(
     sort_fields=(*COMMON_SORT, "metric", "period_start_year"),
     search_fields=("quote", "note", "unit"),
     parents={"park_id": Park, "chain_id": Chain, "source_id": Source},
-    validate=same_park,
+    validate=target_period,
 )
 
 ALL = (PARKS, CHAINS, ENTERPRISES, PROJECTS, INVESTMENTS, TARGETS, SOURCES)

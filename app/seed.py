@@ -3,6 +3,10 @@
 Reads the data files under `seeds/` and upserts every record by its `external_id` through the
 same service functions as the API, so validation is never bypassed. Running it twice changes
 nothing: an update whose values equal what is stored writes no new version.
+
+A seeded record that anyone but the seed (or a migration) has written since is kept as staff
+left it, and reported: a corrected seed (e.g. after an upgrade) reaches every record nobody
+touched, never overwriting a correction. `--force` overwrites those too; `--check` reports both.
 """
 
 import asyncio
@@ -12,19 +16,23 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from app import context
 from app.config import PROJECT_DIR, get_settings
 from app.db import Database, make_engine
 from app.errors import AppError
+from app.models.change import Change
 from app.resources import CHAINS, ENTERPRISES, INVESTMENTS, PARKS, PROJECTS, SOURCES, TARGETS
 from app.services import records
 from app.services.records import ResourceSpec
 
 SEED_DIR = PROJECT_DIR / "seeds"
 ACTOR = "seed"
+# Writers whose changes a later seed may replace: the seed itself, and data migrations.
+MACHINE_ACTORS = (ACTOR, "migration")
 # Sections in dependency order; each reference field names the section it points into.
 SECTIONS: tuple[tuple[str, ResourceSpec], ...] = (
     ("sources", SOURCES),
@@ -88,6 +96,21 @@ def _describe(exc: Exception) -> str:
     return str(exc)
 
 
+async def _edited_by_staff(session: AsyncSession, spec: ResourceSpec, record_id: int) -> bool:
+    """Whether the change feed shows a write to the record by anyone but the seed or a
+    migration."""
+    found = await session.scalar(
+        select(col(Change.seq))
+        .where(
+            col(Change.resource) == spec.name,
+            col(Change.record_id) == record_id,
+            or_(col(Change.actor).is_(None), col(Change.actor).not_in(MACHINE_ACTORS)),
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
 async def _differences(
     session: AsyncSession, spec: ResourceSpec, record: Any, body: dict[str, Any]
 ) -> list[str]:
@@ -99,10 +122,12 @@ async def _differences(
     ]
 
 
-async def run(db: Database, *, check: bool = False, out: Any = sys.stdout) -> int:
+async def run(
+    db: Database, *, check: bool = False, force: bool = False, out: Any = sys.stdout
+) -> int:
     """Load (or with `check`, compare) the seed data; returns the number of differences found."""
     token = context.actor.set(ACTOR)
-    created = updated = unchanged = 0
+    created = updated = unchanged = kept = 0
     differences = 0
     try:
         for section, spec in SECTIONS:
@@ -120,15 +145,22 @@ async def run(db: Database, *, check: bool = False, out: Any = sys.stdout) -> in
                             differences += 1
                             continue
                         raise
+                    edited = False
                     if existing is not None:
                         diff = await _differences(session, spec, existing, body)
+                        edited = bool(diff) and await _edited_by_staff(session, spec, existing.id)
                 if check:
                     if existing is None:
                         print(f"+ {where}: would be created", file=out)
                         differences += 1
                     elif diff:
-                        print(f"~ {where}: {'; '.join(diff)}", file=out)
+                        staff = " (changed by staff: kept unless --force)" if edited else ""
+                        print(f"~ {where}{staff}: {'; '.join(diff)}", file=out)
                         differences += 1
+                    continue
+                if edited and not force:
+                    print(f"= {where}: changed by staff since the seed; kept", file=out)
+                    kept += 1
                     continue
                 async with db.writer() as session:
                     try:
@@ -149,7 +181,11 @@ async def run(db: Database, *, check: bool = False, out: Any = sys.stdout) -> in
     if check:
         print(f"seed check: {differences} difference(s)", file=out)
     else:
-        print(f"seed: {created} created, {updated} updated, {unchanged} unchanged", file=out)
+        print(
+            f"seed: {created} created, {updated} updated, {unchanged} unchanged"
+            + (f", {kept} kept as staff changed them (--force overwrites)" if kept else ""),
+            file=out,
+        )
     return differences
 
 
@@ -161,7 +197,7 @@ async def is_empty(db: Database) -> bool:
     return True
 
 
-async def _main(check: bool, if_empty: bool) -> int:
+async def _main(check: bool, if_empty: bool, force: bool) -> int:
     settings = get_settings()
     db = Database(make_engine(settings.database_url, pool_size=2, max_overflow=0))
     try:
@@ -169,7 +205,7 @@ async def _main(check: bool, if_empty: bool) -> int:
             # A later start must not overwrite corrections staff made to seeded records.
             print("seed: the database already holds data; skipped (`python -m app seed` upserts)")
             return 0
-        differences = await run(db, check=check)
+        differences = await run(db, check=check, force=force)
     except SeedError as exc:
         print(f"seed failed: {exc}", file=sys.stderr)
         return 2
@@ -178,5 +214,5 @@ async def _main(check: bool, if_empty: bool) -> int:
     return 1 if check and differences else 0
 
 
-def main(check: bool = False, if_empty: bool = False) -> int:
-    return asyncio.run(_main(check, if_empty))
+def main(check: bool = False, if_empty: bool = False, force: bool = False) -> int:
+    return asyncio.run(_main(check, if_empty, force))

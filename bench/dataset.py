@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from app.money import display
-from app.services.project import headline
+from app.services.project import derived
 
 SEED = 20261129
 N_CHAINS = 7
@@ -129,6 +129,7 @@ PROJECT_COLS = (
     "year",
     "total_investment",
     "investment_conflict",
+    "investment_figures",  # JSON text, or None
 )
 INVESTMENT_COLS = (
     "id",
@@ -204,8 +205,17 @@ def _public(cols: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def project_public(row: tuple[Any, ...]) -> dict[str, Any]:
-    out = _public(PROJECT_COLS, row)  # PROJECT_COLS is ProjectPublic's field order
+    # ProjectPublic's fields (the columns, `inferred` left to its database default of {}).
+    out = _public(PROJECT_COLS, row)
+    out["inferred"] = {}
+    figures = out["investment_figures"] = None if row[19] is None else orjson.loads(row[19])
     out["total_investment_display"] = display(row[17])
+    out["total_investment_range_display"] = None
+    if figures:
+        amounts = [Decimal(f["amount"]) for f in figures]
+        out["total_investment_range_display"] = (
+            f"{display(min(amounts))}–{display(max(amounts))}，{len(amounts)}条记录不一致"
+        )
     return out
 
 
@@ -309,6 +319,7 @@ def build() -> DataSet:
                 year,
                 None,
                 False,
+                None,
             ]
         )
 
@@ -332,7 +343,12 @@ def build() -> DataSet:
             inv_id += 1
             recs.append(
                 SimpleNamespace(
-                    id=inv_id, project_id=pid, kind=kind, amount=amount, as_of_date=as_of
+                    id=inv_id,
+                    project_id=pid,
+                    kind=kind,
+                    amount=amount,
+                    as_of_date=as_of,
+                    source_id=None,
                 )
             )
         per_project[pid] = recs
@@ -359,9 +375,10 @@ def build() -> DataSet:
                     skeleton[pid - 1][9],  # the project's park
                 )
             )
-        total, conflict = headline(per_project[pid])  # type: ignore[arg-type]
+        total, figures = derived(per_project[pid])  # type: ignore[arg-type]
         skeleton[pid - 1][17] = total
-        skeleton[pid - 1][18] = conflict
+        skeleton[pid - 1][18] = figures is not None
+        skeleton[pid - 1][19] = None if figures is None else orjson.dumps(figures).decode()
 
     # The rest of the feed: updates of random projects; each bumps that project's version.
     ds.first_update_seq = seq + 1

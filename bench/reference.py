@@ -49,6 +49,7 @@ COLS = (
     "source_id",
     "quote",
     "note",
+    "inferred",
     "park_id",
     "chain_id",
     "enterprise_id",
@@ -59,6 +60,7 @@ COLS = (
     "year",
     "total_investment",
     "investment_conflict",
+    "investment_figures",
 )
 SELECT = ", ".join(COLS)
 SORTABLE = ("id", "created_at", "updated_at", "name", "year", "stage", "total_investment", "code")
@@ -94,6 +96,7 @@ WRITABLE = {
     "source_id",
     "quote",
     "note",
+    "inferred",
     "park_id",
     "chain_id",
     "enterprise_id",
@@ -103,7 +106,8 @@ WRITABLE = {
     "is_key",
     "year",
 }
-NOT_NULL = {"park_id", "name", "stage", "is_key"}
+NOT_NULL = {"park_id", "name", "inferred"}
+JSON_COLS = {"inferred", "investment_figures"}
 FEED_RESOURCES = {"parks", "chains", "enterprises", "projects", "investments", "targets", "sources"}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 PROBLEM_HEADERS = [(b"content-type", b"application/problem+json")]
@@ -168,10 +172,20 @@ def project_dict(row: Any) -> dict[str, Any]:
         for col in TIME_COLS:
             d[col] = sqlite_time(d[col])
         d["total_investment"] = sqlite_money(d["total_investment"])
-        d["is_key"] = bool(d["is_key"])
+        d["is_key"] = None if d["is_key"] is None else bool(d["is_key"])
         d["investment_conflict"] = bool(d["investment_conflict"])
+    for name in JSON_COLS:  # json text from both drivers
+        if isinstance(d[name], str):
+            d[name] = orjson.loads(d[name])
     total = d["total_investment"]
     d["total_investment_display"] = None if total is None else display(Decimal(total))
+    figures = d["investment_figures"]
+    d["total_investment_range_display"] = None
+    if figures:
+        amounts = [Decimal(f["amount"]) for f in figures]
+        d["total_investment_range_display"] = (
+            f"{display(min(amounts))}–{display(max(amounts))}，{len(amounts)}条记录不一致"
+        )
     return d
 
 
@@ -205,7 +219,7 @@ class PgDb:
 
     @staticmethod
     def bind(col: str, value: Any) -> Any:
-        return value
+        return orjson.dumps(value).decode() if col in JSON_COLS else value
 
     async def fetch(self, sql: str, args: list[Any]) -> list[Any]:
         async with self.pool.acquire() as conn:
@@ -271,6 +285,8 @@ class SqliteDb:
             return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
         if col == "total_investment":
             return int(value * 100)
+        if col in JSON_COLS:
+            return orjson.dumps(value).decode()
         if isinstance(value, bool):
             return int(value)
         return value
@@ -578,7 +594,7 @@ def validate_body(raw: bytes, partial: bool) -> dict[str, Any]:
         if name not in WRITABLE:
             raise Problem(422, f"{name}: extra inputs are not permitted", name)
     if not partial:
-        for name in ("park_id", "name", "stage"):
+        for name in ("park_id", "name"):
             if name not in body:
                 raise Problem(422, f"{name}: field required", name)
     out: dict[str, Any] = {}
@@ -596,6 +612,23 @@ def validate_body(raw: bytes, partial: bool) -> dict[str, Any]:
         elif name == "is_key":
             if not isinstance(value, bool):
                 raise Problem(422, "is_key: not a boolean", name)
+        elif name == "inferred":
+            if not isinstance(value, dict) or len(value) > 50:
+                raise Problem(422, "inferred: an object of at most 50 fields", name)
+            for field, reason in value.items():
+                if field not in WRITABLE - {
+                    "external_id",
+                    "source_id",
+                    "quote",
+                    "note",
+                    "inferred",
+                }:
+                    raise Problem(422, f"inferred: {field} is not a field", name)
+                if not isinstance(reason, str) or len(reason) > 1000 or not reason.strip():
+                    raise Problem(422, "inferred: a reason is 1..1000 characters", name)
+                if "\x00" in reason:
+                    raise Problem(422, "inferred: no NUL character", name)
+            value = {k: v.strip() for k, v in value.items()}
         else:
             if not isinstance(value, str):
                 raise Problem(422, f"{name}: not a string", name)
@@ -667,7 +700,7 @@ async def create_project(raw: bytes, actor: str | None) -> tuple[int, list[Any],
             "version": 1,
             "created_at": now,
             "updated_at": now,
-            "is_key": data.get("is_key", False),
+            "inferred": data.get("inferred", {}),
             "investment_conflict": False,
         }
         cols = list(values)

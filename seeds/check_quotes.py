@@ -9,7 +9,7 @@ The article breaks lines mid-sentence, so ALL whitespace is removed from both th
 quote and the article before the substring test. Checked:
   * every mapping, anywhere in the file, with a non-null `quote` key;
   * source `title`s (headlines are quoted verbatim);
-  * excerpts cited inside notes between 「 and 」.
+  * excerpts cited between 「 and 」 inside notes and inside the reasons of `inferred`.
 Also checks that external_ids are unique per section and that references
 (park, chain, enterprise, project, source) name an existing external_id.
 Prints each failure and exits 1 if there is any; exits 0 otherwise.
@@ -68,6 +68,11 @@ def check(data, article: str) -> list[str]:
         if isinstance(note, str):
             for excerpt in NOTE_EXCERPT.findall(note):
                 need(path, "note「」", excerpt)
+        inferred = mapping.get("inferred")
+        if isinstance(inferred, dict):
+            for field, reason in inferred.items():
+                for excerpt in NOTE_EXCERPT.findall(str(reason)):
+                    need(path, f"inferred.{field}「」", excerpt)
 
     if not isinstance(data, dict):
         return [*failures, "$: top level is not a mapping"]

@@ -2,6 +2,9 @@
 
 - The dashboard draws its charts as SVG, for the seeded chains, after the staff sign-in (or
   straight away when PUBLIC_READ is on), and its CSP blocks nothing it needs.
+- It shows what the registry does not know as such (数据不足 / 未填, never 0% or 0元), marks
+  inferred years （推断）, shows disagreeing figures as a range with each source, and stays
+  readable on a phone (390 px: nothing wider than the screen, chart text 11 px or more).
 - Swagger UI works end to end for staff: Authorize (OAuth2 password) → create a park → read it.
 - No request of either page leaves 127.0.0.1: every request the browser makes is recorded.
 
@@ -147,6 +150,13 @@ def chain_names(base: str) -> list[str]:
     return [c["name"] for c in chains]
 
 
+def width(rect: Any) -> float:
+    """A bar's width, as a percentage of its chart's (the charts have no viewBox)."""
+    value: str = rect.get_attribute("width")
+    assert value.endswith("%"), value
+    return float(value.rstrip("%"))
+
+
 def check_charts(page: Any, chains: list[str], year: int) -> None:
     """Every chart is an accessible SVG; each seeded chain has its bars."""
     charts = page.locator("svg.chart")
@@ -161,9 +171,17 @@ def check_charts(page: Any, chains: list[str], year: int) -> None:
     by_chain = page.locator('svg[data-chart="investment-by-chain"]')
     labels = by_chain.locator("g.bar").evaluate_all("gs => gs.map(g => g.dataset.label)")
     assert labels == chains
+    # 鲁南大数据中心's records disagree (30亿元 planned, 20亿元 reported): a range, not a pick.
     big_data = by_chain.locator('g.bar[data-label="大数据"]')
-    assert float(big_data.locator("rect.value").get_attribute("width")) > 0
-    assert "30亿元" in big_data.text_content()
+    assert big_data.get_attribute("data-state") == "conflict"
+    assert width(big_data.locator("rect.value")) > 0
+    assert width(big_data.locator("rect.range")) > 0
+    assert "20亿元–30亿元" in big_data.text_content()
+    # The smart factory has no amount: 未填, and no bar at all (not a bar of 0元).
+    smart = by_chain.locator('g.bar[data-label="智能制造"]')
+    assert smart.get_attribute("data-state") == "no_data"
+    assert smart.locator("rect.value").count() == 0
+    assert "未填" in smart.text_content()
 
     over_100m = page.locator('svg[data-chart^="targets-projects_over_100m"]')
     assert over_100m.locator("g.bar").evaluate_all("gs => gs.map(g => g.dataset.label)") == (
@@ -171,9 +189,12 @@ def check_charts(page: Any, chains: list[str], year: int) -> None:
     )
     for name in FIVE_CHAINS:
         row = over_100m.locator(f'g.bar[data-label="{name}"]')
-        assert float(row.locator("rect.target").get_attribute("width")) > 0
-        assert row.locator("rect.actual").count() == 1
+        assert width(row.locator("rect.target")) > 0
         assert "目标 10个" in row.text_content()
+        # The seeded projects have no year: nothing is known for any year, so no actual bar.
+        assert row.get_attribute("data-state") == "no_data"
+        assert row.locator("rect.actual").count() == 0
+        assert "数据不足" in row.text_content()
 
     stages = page.locator('svg[data-chart="investment-by-stage"] g.bar')
     assert stages.count() == 7
@@ -242,6 +263,126 @@ def test_dashboard_is_drawn_by_the_server_when_reading_is_public(
         s.shot("charts")
         s.page.set_viewport_size({"width": 760, "height": 900})
         s.shot("narrow")
+        assert s.errors == []
+        s.assert_stayed_local()
+
+
+ZERO_AMOUNT = re.compile(r"(?<![\d.,])0(?:\.0+)?\s*(?:亿|万)?元")
+ZERO_PERCENT = re.compile(r"(?<![\d.])0(?:\.0+)?\s*%")
+PHONE = {"width": 390, "height": 844}
+MIN_TEXT_PX = 11
+
+
+def test_dashboard_shows_unknowns_inferences_and_conflicts_and_fits_a_phone(
+    seeded_url: str, open_page: Any
+) -> None:
+    """The issue "Data fidelity" on the seeded dashboard: unknown is never shown as 0,
+    inferred years are marked, disagreeing figures are a range with each source, and a phone
+    can read it all."""
+    with server(seeded_url, PUBLIC_READ="true") as (base, _):
+        sources = httpx.get(f"{base}/api/v1/sources", params={"limit": 500}).json()["items"]
+        titles = {s["external_id"]: s["title"] for s in sources}
+        s = open_page("fidelity")
+        page = s.page
+        assert page.goto(f"{base}/dashboard").status == 200
+        page.evaluate("document.querySelectorAll('#panel details').forEach(d => d.open = true)")
+        panel = page.locator("#panel")
+        text = panel.inner_text()
+
+        # Unknown is never 0: no "0元" and no "0%" anywhere, tables included.
+        assert ZERO_AMOUNT.search(text) is None, ZERO_AMOUNT.search(text)
+        assert ZERO_PERCENT.search(text) is None, ZERO_PERCENT.search(text)
+        # The article says 300亿级 (level, not 产值): the charts name it 产业规模, as the code does.
+        named = page.locator("h3, svg.chart > title, svg.chart g.bar > text").all_text_contents()
+        assert [t for t in named if "产值" in t] == []
+        assert "产业规模（亿元）Industry scale" in named
+        by_chain = page.locator('svg[data-chart="investment-by-chain"]')
+        smart = by_chain.locator('g.bar[data-label="智能制造"]')
+        assert "未填" in smart.text_content() and "1 个项目未填投资额" in smart.text_content()
+
+        # Key projects, 2021: both seeded projects lack a year → 数据不足, the records skipped.
+        key = page.locator('svg[data-chart^="targets-key_projects"] g.bar')
+        assert key.count() == 1
+        assert key.get_attribute("data-state") == "no_data"
+        assert key.locator("rect.actual").count() == 0
+        row = key.text_content()
+        assert "数据不足" in row and "目标 100个" in row
+        assert "2 条记录未填项目年度（跳过）" in row
+        assert "%" not in row
+        figure = page.locator("figure", has=page.locator('svg[data-chart^="targets-key_projects"]'))
+        table = figure.locator("table").inner_text()
+        assert "数据不足" in table and "计入 0 · 跳过 2 · 排除 0" in table
+        assert "鲁南大数据中心" in table and "未填项目年度" in table
+        # Nothing decidable in 2021: the KPI says so, rather than counting 数据不足 as unmet.
+        met = page.locator(".kpi", has_text="已完成目标")
+        assert met.locator(".value").inner_text().strip() == "数据不足"
+        assert "数据不足" in met.inner_text() and "无法计算" in met.inner_text()
+
+        # Inferred years are marked, with the reason at hand.
+        subs = page.locator("figure.card", has=page.locator('svg[data-chart^="targets-"]'))
+        assert subs.count() == 6
+        for i in range(subs.count()):
+            assert "2021（推断）" in subs.nth(i).locator(".sub").inner_text()
+        box = page.locator(".infer-box").inner_text()
+        assert "起始年份 2021 为推断（18 个目标" in box and "誓师大会于2021年3月召开" in box
+        scale = page.locator('svg[data-chart^="targets-output_scale"] g.bar')
+        assert scale.count() == 5
+        assert "至2023—2025年（推断）" in scale.first.text_content()  # 3—5年 stays a range
+        assert scale.first.get_attribute("data-state") == "not_computable"
+        cell = page.locator('td[title*="起始年份为推断"]').first
+        assert cell.inner_text().startswith("2021（推断）")
+
+        # The conflict: the range on the chart and KPI, each figure with its source below.
+        assert "20亿元–30亿元" in by_chain.locator('g.bar[data-label="大数据"]').text_content()
+        total = page.locator(".kpi", has_text="总投资")
+        assert total.locator(".value").inner_text().replace("\n", "") == "20亿元–30亿元"
+        conflicts = page.locator("section.conflicts")
+        listed = conflicts.inner_text()
+        assert "鲁南大数据中心" in listed
+        assert titles["qlwb-news"] in listed and titles["qlwb-commentary"] in listed
+        headline = conflicts.locator("td.headline")
+        assert headline.count() == 1
+        assert "计划总投资优先于报道额" in headline.inner_text()
+        news = conflicts.locator("tr", has_text=titles["qlwb-news"])
+        assert "30亿元" in news.inner_text() and "取此条" in news.inner_text()
+        commentary = conflicts.locator("tr", has_text=titles["qlwb-commentary"])
+        assert "20亿元" in commentary.inner_text() and "取此条" not in commentary.inner_text()
+        s.shot("desktop")
+
+        # A phone: nothing wider than the screen (tables scroll in their own box) and chart
+        # text as rendered at 11 px or more, inside its chart.
+        page.set_viewport_size(PHONE)
+        page.evaluate("document.querySelectorAll('#panel details').forEach(d => d.open = false)")
+        s.shot("phone")
+        page.evaluate("document.querySelectorAll('#panel details').forEach(d => d.open = true)")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        wide = page.evaluate(
+            """() => [...document.querySelectorAll('#panel *')]
+                .filter(e => !e.closest('.table-wrap'))
+                .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+                .map(e => e.tagName + ' ' + (e.textContent || '').slice(0, 30))"""
+        )
+        assert wide == []
+        sizes = page.evaluate(
+            """() => [...document.querySelectorAll('svg.chart text')].map(t => {
+                const svg = t.ownerSVGElement.getBoundingClientRect();
+                const box = t.getBoundingClientRect();
+                const scale = t.getScreenCTM().a;
+                return {text: t.textContent, px: parseFloat(getComputedStyle(t).fontSize) * scale,
+                        height: box.height, inside: box.left >= svg.left - 0.5
+                        && box.right <= svg.right + 0.5};
+            })"""
+        )
+        assert len(sizes) > 50
+        small = [t for t in sizes if t["px"] < MIN_TEXT_PX or t["height"] < MIN_TEXT_PX]
+        assert small == []
+        assert [t["text"] for t in sizes if not t["inside"]] == []
+        # The conflicting figures need no sideways scrolling on a phone: they stack.
+        assert page.evaluate(
+            "(() => { const w = document.querySelector('section.conflicts .table-wrap');"
+            " return w.scrollWidth <= w.clientWidth; })()"
+        )
+        s.shot("phone-tables-open")
         assert s.errors == []
         s.assert_stayed_local()
 

@@ -39,8 +39,12 @@ PROJECT_HEADERS = [
     "总投资(万元)",
     "总投资(亿元)",
     "投资额冲突",
+    "总投资取自投资额编号",
+    "总投资来源编号",
+    "总投资各记录（不一致时）",
     "来源编号",
     "原文引述",
+    "推断说明",
     "备注",
     "版本",
     "创建时间",
@@ -68,16 +72,34 @@ def registry(client: TestClient) -> dict[str, Any]:
         is_key=True,
         year=2021,
         quote="总投资30亿元",
+        inferred={
+            "stage": "评论稿列为已有成就，读作已投产",
+            "chain_id": "编辑判断\n来源：图片说明",
+        },
     )
-    post(
+    news = post(client, "sources", {"title": "新闻稿"})
+    commentary = post(client, "sources", {"title": "评论稿"})
+    planned = post(
         client,
         "investments",
-        {"project_id": center["id"], "kind": "planned_total", "amount": "30", "unit": "亿元"},
+        {
+            "project_id": center["id"],
+            "kind": "planned_total",
+            "amount": "30",
+            "unit": "亿元",
+            "source_id": news["id"],
+        },
     )
-    post(
+    reported = post(
         client,
         "investments",
-        {"project_id": center["id"], "kind": "reported", "amount": "20", "unit": "亿元"},
+        {
+            "project_id": center["id"],
+            "kind": "reported",
+            "amount": "20",
+            "unit": "亿元",
+            "source_id": commentary["id"],
+        },
     )
     factory = make_project(
         client,
@@ -88,7 +110,7 @@ def registry(client: TestClient) -> dict[str, Any]:
         stage="under_construction",
         note="行一\n行二, 带逗号",
     )
-    post(
+    factory_investment = post(
         client,
         "investments",
         {"project_id": factory["id"], "kind": "planned_total", "amount": "1234567.89"},
@@ -103,6 +125,11 @@ def registry(client: TestClient) -> dict[str, Any]:
         "factory": factory,
         "formula": formula,
         "dash": dash,
+        "news": news,
+        "commentary": commentary,
+        "planned": planned,
+        "reported": reported,
+        "factory_investment": factory_investment,
     }
 
 
@@ -189,11 +216,32 @@ def test_csv_export_has_chinese_headers_exact_amounts_and_no_formulas(client: Te
     assert center["版本"] == str(
         client.get(f"{API}/projects/{r['center']['id']}").json()["version"]
     )
+    # The total's own provenance beside it: the record it takes and that record's source, and
+    # with the records disagreeing, each figure with its source; the project's own source and
+    # quote stay at the end of the row, and its inferences in 推断说明.
+    planned, reported = r["planned"]["id"], r["reported"]["id"]
+    assert (center["总投资取自投资额编号"], center["总投资来源编号"]) == (
+        str(planned),
+        str(r["news"]["id"]),
+    )
+    assert center["总投资各记录（不一致时）"] == (
+        f"20亿元–30亿元，2条记录不一致：30亿元 计划总投资（投资额编号 {planned}，来源编号 "
+        f"{r['news']['id']}，总投资取此条）；20亿元 报道（投资额编号 {reported}，来源编号 "
+        f"{r['commentary']['id']}）"
+    )
+    assert center["来源编号"] == "" and center["原文引述"] == "总投资30亿元"
+    # One field a line; a reason's own further lines indented, whatever they hold.
+    assert center["推断说明"] == (
+        "阶段：评论稿列为已有成就，读作已投产\n产业链编号：编辑判断\n  来源：图片说明"
+    )
     factory = by_id[r["factory"]["id"]]
     assert factory["总投资(元)"] == "1234567.89" and factory["总投资(亿元)"] == "0.0123456789"
     assert factory["企业名称"] == "交大智邦（枣庄）数字科技有限公司"
     assert factory["备注"] == "行一\n行二, 带逗号" and factory["阶段"] == "在建"
     assert factory["外部编号"] == "" and factory["投资额冲突"] == "否"
+    assert factory["总投资取自投资额编号"] == str(r["factory_investment"]["id"])
+    assert (factory["总投资来源编号"], factory["总投资各记录（不一致时）"]) == ("", "")
+    assert factory["重点项目"] == ""  # unknown: an empty cell, never 否
     # Excel would run these as formulas; the apostrophe makes them text.
     assert by_id[r["formula"]["id"]]["项目名称"] == '\'=HYPERLINK("http://x")'
     assert by_id[r["dash"]["id"]]["项目名称"] == "'-锂电配套"
@@ -208,7 +256,7 @@ def test_csv_export_has_chinese_headers_exact_amounts_and_no_formulas(client: Te
     ]
     enterprises = as_dicts(csv_rows(export(client, "enterprises", format="csv")))
     assert [(e["企业名称"], e["高新技术企业"], e["规上企业"]) for e in enterprises] == [
-        ("交大智邦（枣庄）数字科技有限公司", "是", "否")
+        ("交大智邦（枣庄）数字科技有限公司", "是", "")  # 规上企业 unknown: empty
     ]
 
 
@@ -380,6 +428,33 @@ def test_export_then_import_changes_nothing(client: TestClient) -> None:
             }
     assert projects(client) == before  # same versions, same times
     assert changes_after(client, seq) == []
+
+
+def test_inferences_and_unknown_flags_are_edited_in_the_file(client: TestClient) -> None:
+    r = registry(client)
+    rows = csv_rows(export(client, format="csv", external_id="seed-lunan-bdc"))
+    column = {h: i for i, h in enumerate(rows[0])}
+    row = rows[1]
+    # A header or a field name, one field a line; an unknown flag is an empty cell.
+    row[column["推断说明"]] = "阶段：读作已投产\nyear：文章未写年份，\n  推断为2021"
+    row[column["重点项目"]] = ""
+    response = upload(client, to_csv(rows))
+    assert response.status_code == 200, response.text
+    assert response.json()["updated"] == 1
+    center = client.get(f"{API}/projects/{r['center']['id']}").json()
+    assert center["inferred"] == {"stage": "读作已投产", "year": "文章未写年份，\n推断为2021"}
+    assert center["is_key"] is None
+    # A field named twice, or a name that is no column of the sheet, is refused, saying where.
+    for cell, said in (
+        ("阶段：一\nstage：二", "写了两次"),
+        ("总投资(元)：推断", "列名为本表可写的列"),
+        ("没有冒号的一行", "每行应为"),
+    ):
+        rows = csv_rows(export(client, format="csv", external_id="seed-lunan-bdc"))
+        rows[1][column["推断说明"]] = cell
+        report = problem(upload(client, to_csv(rows)), 422)["report"]
+        assert [(e["row"], e["column"]) for e in report["errors"]] == [(2, "推断说明")], cell
+        assert said in report["errors"][0]["message"], report
 
 
 def test_an_edited_file_updates_exactly_the_edited_record(client: TestClient) -> None:

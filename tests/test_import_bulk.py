@@ -58,11 +58,16 @@ def varied_projects(r: dict[str, Any]) -> list[dict[str, Any]]:
          "year": 2021, "chain_id": r["chain"]["id"], "source_id": r["source"]["id"],
          "quote": "总投资30亿元", "note": "行一\n行二, 带逗号"},
         {"park_id": park, "name": "交大智邦智慧工厂", "stage": "signed",
-         "enterprise_id": r["enterprise"]["id"], "chain_id": r["chain"]["id"]},
+         "enterprise_id": r["enterprise"]["id"], "chain_id": r["chain"]["id"],
+         "inferred": {"stage": "配图表明工厂已建成", "chain_id": "编辑判断"}},
         {"park_id": park, "name": "锂电配套", "stage": "planning", "chain_id": r["other_chain"]["id"],
          "year": 2022},
         {"park_id": park, "name": '=HYPERLINK("http://x")', "stage": "cancelled", "is_key": False},
+        {"park_id": park, "name": "阶段未知的项目"},
     ]  # fmt: skip
+
+
+HEADER_OF = {"stage": "阶段", "chain_id": "产业链编号", "year": "年度"}
 
 
 def as_row(project: dict[str, Any], **keys: str) -> list[str]:
@@ -80,8 +85,11 @@ def as_row(project: dict[str, Any], **keys: str) -> list[str]:
     ):
         if project.get(name) is not None:
             cells[header] = tabular.csv_text(project[name])
-    cells["阶段"] = STAGE_LABELS[project["stage"]]
-    cells["重点项目"] = "是" if project.get("is_key") else "否"
+    cells["阶段"] = STAGE_LABELS[project["stage"]] if project.get("stage") else ""
+    cells["重点项目"] = {True: "是", False: "否", None: ""}[project.get("is_key")]  # "" = unknown
+    cells["推断说明"] = "\n".join(
+        f"{HEADER_OF[k]}：{v}" for k, v in (project.get("inferred") or {}).items()
+    )
     cells["外部编号"], cells["项目代码"] = keys.get("external_id", ""), keys.get("code", "")
     return [cells[h] for h in PROJECT_HEADERS]
 
@@ -140,7 +148,9 @@ def test_an_import_creates_what_the_api_creates_one_by_one(client: TestClient) -
     for entry in one_by_one + imported_entries:
         assert '"data":' + json.dumps(entry["data"]) in raw
     # In file order, all from the one request.
-    assert [c["external_id"] for c in imported_entries] == [f"imp-{i}" for i in range(4)]
+    assert [c["external_id"] for c in imported_entries] == [
+        f"imp-{i}" for i in range(len(projects))
+    ]
     assert len({c["request_id"] for c in imported_entries}) == 1
 
 

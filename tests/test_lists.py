@@ -223,10 +223,11 @@ def test_project_filters(client: TestClient) -> None:
         chain_id=lithium["id"],
         enterprise_id=firm["id"],
         stage="under_construction",
+        is_key=False,
         year=2022,
     )
     cell = project("电芯项目", chain_id=lithium["id"], stage="signed", is_key=True, year=2021)
-    plan = project("谋划项目", stage="planning")
+    plan = project("谋划项目", stage="planning", is_key=False)
     elsewhere = project("乙园区项目", park_id=other_park["id"], stage="signed", year=2021)
 
     _invest(client, lunan, "planned_total", "30", "亿元")
@@ -242,7 +243,8 @@ def test_project_filters(client: TestClient) -> None:
     assert _found(client, enterprise_id=firm["id"]) == {factory}
     assert _found(client, stage="signed") == {cell, elsewhere}
     assert _found(client, is_key="true") == {lunan, cell}
-    assert _found(client, is_key="false") == {factory, plan, elsewhere}
+    # "No" finds what staff said no to; a project whose key flag is unknown is neither.
+    assert _found(client, is_key="false") == {factory, plan}
     assert _found(client, year=2021) == {lunan, cell, elsewhere}
     assert _found(client, year=2021, chain_id=lithium["id"], is_key="true") == {cell}
 

@@ -1,7 +1,11 @@
 """The schema belongs to Alembic: upgrade → no drift → downgrade to base → upgrade, on both engines."""
 
 import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
@@ -88,5 +92,184 @@ def test_every_revision_steps_down_and_up(db_factory: DatabaseFactory) -> None:
             command.upgrade(cfg, "+1")
         assert tables_and_revision(url) == at_head
         command.check(cfg)
+    finally:
+        db_factory.drop(url)
+
+
+BEFORE_UNKNOWN = "ba0c6c2d3e6f"  # the last revision where yes/no facts could not be unknown
+
+
+async def _load_before_unknown(url: str) -> dict[str, int]:
+    """At BEFORE_UNKNOWN: the seeded enterprise and projects as the seed wrote them (false where
+    the article is silent), one of them corrected by staff, a staff enterprise with `false`, and
+    the seeded 30/20亿元 conflict."""
+    from app.models.change import Change
+    from app.models.enterprise import Enterprise
+    from app.models.investment import Investment
+    from app.models.park import Park
+    from app.models.project import Project
+
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    now = datetime(2026, 3, 26, tzinfo=UTC)
+    times = {"version": 1, "created_at": now, "updated_at": now}
+    ids: dict[str, int] = {}
+
+    def old(table: Any, names: Any) -> Any:
+        """Only these columns of the table (with their types, without the models' defaults,
+        which name columns this revision does not have yet)."""
+        names = {*names, *(["id"] if "id" in table.c else [])}
+        return sa.table(table.name, *(sa.column(n, table.c[n].type) for n in names))
+
+    async def insert(conn: Any, table: Any, **values: Any) -> int:
+        table = old(table, values)
+        return int(
+            (await conn.execute(table.insert().values(**values).returning(table.c.id))).scalar()
+        )
+
+    async def log(
+        conn: Any, resource: str, record_id: int, actor: str, data: dict[str, Any]
+    ) -> None:
+        values = {
+            "resource": resource,
+            "record_id": record_id,
+            "external_id": data.get("external_id"),
+            "op": "create",
+            "version": 1,
+            "changed_at": now,
+            "actor": actor,
+            "park_id": data["park_id"],
+            "data": data,
+        }
+        table = old(Change.__table__, values)  # type: ignore[attr-defined]
+        await conn.execute(table.insert().values(**values))
+
+    try:
+        async with engine.begin() as conn:
+            park = await insert(conn, Park.__table__, name="枣庄高新区", level="national", **times)
+            flags = {"is_high_tech": False, "is_above_scale": False, "is_leading": False}
+            for key, actor in (("jiaoda-zhibang-zaozhuang", "seed"), ("staff-enterprise", "admin")):
+                values = {"park_id": park, "name": key, "external_id": key, **flags}
+                ids[key] = await insert(conn, Enterprise.__table__, **values, **times)
+                await log(
+                    conn, "enterprises", ids[key], actor, {**values, "id": ids[key], "version": 1}
+                )
+            for key in ("lunan-big-data-center", "jiaoda-zhibang-smart-factory"):
+                values = {
+                    "park_id": park,
+                    "name": key,
+                    "external_id": key,
+                    "stage": "operating",
+                    "is_key": False,
+                }
+                ids[key] = await insert(
+                    conn,
+                    Project.__table__,
+                    **values,
+                    **times,
+                    investment_conflict=key == "lunan-big-data-center",
+                    total_investment=Decimal("3000000000.00")
+                    if key == "lunan-big-data-center"
+                    else None,
+                )
+                await log(
+                    conn, "projects", ids[key], "seed", {**values, "id": ids[key], "version": 1}
+                )
+            # Staff looked at the smart factory and confirmed: not a key project.
+            await log(
+                conn,
+                "projects",
+                ids["jiaoda-zhibang-smart-factory"],
+                "admin",
+                {"park_id": park, "is_key": False},
+            )
+            for amount, kind in (("3000000000.00", "planned_total"), ("2000000000.00", "reported")):
+                ids[kind] = await insert(
+                    conn,
+                    Investment.__table__,
+                    project_id=ids["lunan-big-data-center"],
+                    kind=kind,
+                    amount=Decimal(amount),
+                    currency="CNY",
+                    park_id=park,
+                    **times,
+                )
+    finally:
+        await engine.dispose()
+    return ids
+
+
+async def _rows(url: str, sql: str) -> list[Any]:
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(text(sql))).mappings().all())
+    finally:
+        await engine.dispose()
+
+
+def test_unknown_facts_become_null_only_where_the_seed_wrote_them(
+    db_factory: DatabaseFactory,
+) -> None:
+    url = db_factory.empty()
+    try:
+        migrate.upgrade(url, BEFORE_UNKNOWN)
+        ids = asyncio.run(_load_before_unknown(url))
+        migrate.upgrade(url)
+        settings = Settings(database_url=url, registry_admin_password="admin-password-for-tests")
+        with TestClient(create_app(settings)) as client:
+            token = client.post(
+                f"{API}/auth/token",
+                data={"username": "admin", "password": "admin-password-for-tests"},
+            ).json()["access_token"]
+            client.headers["Authorization"] = f"Bearer {token}"
+
+            def get(resource: str, key: str) -> dict[str, Any]:
+                answer = client.get(f"{API}/{resource}/{ids[key]}")
+                assert answer.status_code == 200, answer.text
+                return dict(answer.json())
+
+            seeded = get("enterprises", "jiaoda-zhibang-zaozhuang")
+            assert [seeded[f] for f in ("is_high_tech", "is_above_scale", "is_leading")] == [
+                None
+            ] * 3
+            assert seeded["version"] == 2 and seeded["inferred"] == {}
+            staff = get("enterprises", "staff-enterprise")  # what staff entered stays
+            assert [staff[f] for f in ("is_high_tech", "is_above_scale", "is_leading")] == [
+                False
+            ] * 3
+            assert staff["version"] == 1
+            assert (
+                get("projects", "jiaoda-zhibang-smart-factory")["is_key"] is False
+            )  # staff said no
+            lunan = get("projects", "lunan-big-data-center")
+            assert lunan["is_key"] is None
+            assert [(f["investment_id"], f["headline"]) for f in lunan["investment_figures"]] == [
+                (ids["planned_total"], True),
+                (ids["reported"], False),
+            ]
+            assert lunan["total_investment_range_display"] == "20亿元–30亿元，2条记录不一致"
+            # Each correction is a change a follower of the feed sees, with what the API shows.
+            feed = client.get(f"{API}/changes", params={"limit": 100}).json()["items"]
+            by_migration = {(c["resource"], c["id"]): c for c in feed if c["actor"] == "migration"}
+            assert set(by_migration) == {
+                ("enterprises", ids["jiaoda-zhibang-zaozhuang"]),
+                ("projects", ids["lunan-big-data-center"]),
+            }
+            entry = by_migration[("projects", ids["lunan-big-data-center"])]
+            assert entry["version"] == 2
+            for field in (
+                "is_key",
+                "investment_figures",
+                "total_investment_range_display",
+                "version",
+            ):
+                assert entry["data"][field] == lunan[field], field
+        # Down again: unknown reads as the old schema's false; up again changes nothing more.
+        migrate.downgrade(url, BEFORE_UNKNOWN)
+        rows = asyncio.run(_rows(url, "SELECT is_high_tech FROM enterprise ORDER BY id"))
+        assert [bool(r["is_high_tech"]) for r in rows] == [False, False]
+        migrate.upgrade(url)
+        rows = asyncio.run(_rows(url, "SELECT is_high_tech FROM enterprise ORDER BY id"))
+        assert [r["is_high_tech"] for r in rows] == [None, False]
     finally:
         db_factory.drop(url)

@@ -41,6 +41,18 @@ def run_seed(url: str, check: bool = False) -> tuple[int, str]:
     return asyncio.run(go())
 
 
+def run_seed_forced(url: str) -> tuple[int, str]:
+    async def go() -> tuple[int, str]:
+        db = Database(make_engine(url, pool_size=2, max_overflow=0))
+        out = io.StringIO()
+        try:
+            return await seed.run(db, force=True, out=out), out.getvalue()
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
+
+
 @pytest.fixture
 def seeded(client: TestClient, database_url: str) -> Iterator[TestClient]:
     run_seed(database_url)
@@ -93,24 +105,61 @@ def test_the_seed_checker_script_agrees(monkeypatch: pytest.MonkeyPatch) -> None
     assert module.check(data, ARTICLE.read_text(encoding="utf-8")) != []
 
 
-def test_seeded_facts_carry_source_and_quote_and_mark_the_inferred_year(seeded: TestClient) -> None:
+def test_seeded_facts_carry_source_and_quote_and_mark_every_inference(seeded: TestClient) -> None:
     text = article_text()
+    data = yaml.safe_load(SEED_FILE.read_text(encoding="utf-8"))
     for resource in ("parks", "chains", "enterprises", "projects", "investments", "targets"):
+        in_file = {r["external_id"]: r for r in data[resource]}
         for record in all_items(seeded, resource):
-            assert record["source_id"] is not None, (resource, record["external_id"])
-            assert re.sub(r"\s+", "", record["quote"]) in text, (resource, record["external_id"])
-            inferred_year = (
-                record.get("year")
-                or record.get("period_start_year")
-                or record.get("period_end_year")
-            )
-            if inferred_year:
-                assert "推断" in record["note"] and "infer" in record["note"], (
-                    resource,
-                    record["external_id"],
-                )
+            where = (resource, record["external_id"])
+            assert record["source_id"] is not None, where
+            assert re.sub(r"\s+", "", record["quote"]) in text, where
+            # Each inference the seed file names is on the record the API answers, field by field.
+            assert record["inferred"] == in_file[record["external_id"]].get("inferred", {}), where
+            assert set(record["inferred"]) <= set(record), where
+            # Every year in the seed is an inference (the article gives none), and says so.
+            for field in ("year", "period_start_year", "period_end_year", "landed_year"):
+                if record.get(field) is not None:
+                    assert field in record["inferred"], (*where, field)
+    targets = all_items(seeded, "targets")
+    assert len(targets) == 18
+    assert all("2021" in t["inferred"]["period_start_year"] for t in targets)
+    # "3—5年" is kept as the range it is, each end marked as a reading.
+    scale = [t for t in targets if t["metric"] == "output_scale"]
+    assert len(scale) == 5
+    for t in scale:
+        assert (t["period_end_year_earliest"], t["period_end_year"]) == (2023, 2025)
+        assert {"period_end_year_earliest", "period_end_year", "value", "metric"} <= set(
+            t["inferred"]
+        )
+        assert "3—5年" in t["inferred"]["period_end_year"]
+    # Readings of a phrase are marked on the field they fill.
+    projects = {p["name"]: p for p in all_items(seeded, "projects")}
+    assert {"stage", "chain_id"} <= set(projects["鲁南大数据中心"]["inferred"])
+    kinds = {i["kind"]: i["inferred"] for i in all_items(seeded, "investments")}
+    assert "总投资" in kinds["planned_total"]["kind"] and "kind" in kinds["reported"]
+
+
+def test_what_the_article_does_not_say_is_unknown_not_no(seeded: TestClient) -> None:
     enterprise = all_items(seeded, "enterprises")[0]
     assert enterprise["credit_code"] is None  # never invented
+    assert (enterprise["is_high_tech"], enterprise["is_above_scale"], enterprise["is_leading"]) == (
+        None,
+        None,
+        None,
+    )
+    assert [p["is_key"] for p in all_items(seeded, "projects")] == [None, None]
+    # Staff may say "no", and "no" stays no; they may also say "unknown" again.
+    patched = seeded.patch(f"{API}/enterprises/{enterprise['id']}", json={"is_high_tech": False})
+    assert patched.status_code == 200 and patched.json()["is_high_tech"] is False
+    again = seeded.get(f"{API}/enterprises/{enterprise['id']}").json()
+    assert (again["is_high_tech"], again["is_above_scale"]) == (False, None)
+    cleared = seeded.patch(f"{API}/enterprises/{enterprise['id']}", json={"is_high_tech": None})
+    assert cleared.status_code == 200 and cleared.json()["is_high_tech"] is None
+    # A project of unknown stage can be stored, and is listed as such.
+    park = all_items(seeded, "parks")[0]
+    unknown = post(seeded, "projects", {"park_id": park["id"], "name": "阶段未知的项目"})
+    assert (unknown["stage"], unknown["is_key"]) == (None, None)
     sources = all_items(seeded, "sources")
     assert {s["publisher"] for s in sources} == {"齐鲁晚报·齐鲁壹点"}
     assert sorted(a for s in sources for a in s["authors"]) == sorted(
@@ -134,6 +183,27 @@ def test_lunan_big_data_center_reports_its_conflict(seeded: TestClient) -> None:
     assert all(re.sub(r"\s+", "", i["quote"]) in text for i in investments)
     chain = seeded.get(f"{API}/chains/{project['chain_id']}").json()
     assert chain["name"] == "大数据"
+    # Both figures on the project itself, each with its source, and which one the total takes.
+    sources = {s["external_id"]: s["id"] for s in all_items(seeded, "sources")}
+    by_id = {i["id"]: i for i in investments}
+    figures = project["investment_figures"]
+    assert [(f["amount_display"], f["kind"], f["source_id"], f["headline"]) for f in figures] == [
+        ("30亿元", "planned_total", sources["qlwb-news"], True),
+        ("20亿元", "reported", sources["qlwb-commentary"], False),
+    ]
+    assert all(by_id[f["investment_id"]]["source_id"] == f["source_id"] for f in figures)
+    assert project["total_investment_range_display"] == "20亿元–30亿元，2条记录不一致"
+    # The same on a single read, and gone once the records agree.
+    url = f"{API}/projects/{project['id']}"
+    assert seeded.get(url).json()["investment_figures"] == figures
+    reported = next(i for i in investments if i["kind"] == "reported")
+    fixed = seeded.patch(
+        f"{API}/investments/{reported['id']}", json={"amount": "30", "unit": "亿元"}
+    )
+    assert fixed.status_code == 200
+    agreed = seeded.get(url).json()
+    assert (agreed["investment_conflict"], agreed["investment_figures"]) == (False, None)
+    assert agreed["total_investment_range_display"] is None
 
 
 def test_chains_and_the_lithium_scorecard(seeded: TestClient) -> None:
@@ -155,13 +225,113 @@ def test_chains_and_the_lithium_scorecard(seeded: TestClient) -> None:
     }
     assert annual["leading_enterprises"]["target_value"] == "2.00"
     assert annual["projects_over_100m"]["target_value"] == "10.00"
-    assert (
-        annual["projects_over_100m"]["actual"] == "0"
-        and annual["projects_over_100m"]["ratio"] == "0.0000"
-    )
+    # The registry holds nothing about 锂电 in 2021: no data, never "0 of 10, 0%".
+    for item in annual.values():
+        assert (item["status"], item["status_label"]) == ("no_data", "数据不足")
+        assert (item["actual"], item["ratio"], item["records_counted"]) == (None, None, 0)
     scale = next(i for i in card["items"] if i["target"]["metric"] == "output_scale")
     assert scale["target"]["value"] == "300.00" and scale["target"]["unit"] == "亿元"
     assert scale["computable"] is False and scale["actual"] is None
+    assert scale["status"] == "not_computable"
+
+
+def test_progress_says_what_it_counted_and_what_it_could_not(seeded: TestClient) -> None:
+    targets = all_items(seeded, "targets")
+    key = next(t for t in targets if t["metric"] == "key_projects")
+    url = f"{API}/targets/{key['id']}/progress"
+    # Both seeded projects have no year and an unknown key flag: skipped, with why.
+    body = seeded.get(url, params={"year": 2021}).json()
+    assert (body["status"], body["actual"], body["ratio"]) == ("no_data", None, None)
+    assert (body["records_counted"], body["records_skipped"]) == (0, 2)
+    reasons = {s["reason"]: s for s in body["skipped"]}
+    assert set(reasons) == {"no_year", "unknown_key"}
+    assert reasons["no_year"]["label"] == "未填项目年度" and reasons["no_year"]["count"] == 2
+    assert {r["name"] for r in reasons["no_year"]["records"]} == {
+        "鲁南大数据中心",
+        "交大智邦（枣庄）数字科技有限公司智慧工厂",
+    }
+    # A project of 2021 whose key flag is unknown decides nothing either: still no data.
+    park = all_items(seeded, "parks")[0]
+    unsure = post(seeded, "projects", {"park_id": park["id"], "name": "是否重点未知", "year": 2021})
+    body = seeded.get(url, params={"year": 2021}).json()
+    assert (body["status"], body["actual"], body["ratio"]) == ("no_data", None, None)
+    assert body["records_skipped"] == 3
+    r = seeded.patch(f"{API}/projects/{unsure['id']}", json={"is_key": False, "stage": "planning"})
+    assert r.status_code == 200
+    # One known key project of 2021: counted; the unknown ones still make it partial, with
+    # the actual a lower bound and the upper bound given.
+    post(
+        seeded,
+        "projects",
+        {"park_id": park["id"], "name": "重点丙", "stage": "signed", "is_key": True, "year": 2021},
+    )
+    body = seeded.get(url, params={"year": 2021}).json()
+    assert (body["status"], body["actual"], body["actual_upper"]) == ("partial", "1", "3")
+    assert body["ratio"] == "0.0100"
+    # Once every project's year is known, the figure is complete.
+    for p in all_items(seeded, "projects"):
+        if p["year"] is None:
+            r = seeded.patch(f"{API}/projects/{p['id']}", json={"year": 2020})
+            assert r.status_code == 200, r.text
+    body = seeded.get(url, params={"year": 2021}).json()
+    assert (body["status"], body["actual"], body["records_skipped"]) == ("complete", "1", 0)
+    # A figure pair on both sides of 1亿元 is skipped as a conflict, not as a missing amount.
+    chain = next(c for c in all_items(seeded, "chains") if c["name"] == "光电")
+    over = next(
+        t
+        for t in all_items(seeded, "targets", chain_id=chain["id"])
+        if t["metric"] == "projects_over_100m"
+    )
+    split = post(
+        seeded,
+        "projects",
+        {
+            "park_id": park["id"],
+            "chain_id": chain["id"],
+            "name": "分歧项目",
+            "stage": "signed",
+            "year": 2021,
+        },
+    )
+    for kind, amount in (("planned_total", "3"), ("reported", "0.5")):
+        post(
+            seeded,
+            "investments",
+            {"project_id": split["id"], "kind": kind, "amount": amount, "unit": "亿元"},
+        )
+    chainless = post(
+        seeded,
+        "projects",
+        {"park_id": park["id"], "name": "未归链项目", "stage": "signed", "year": 2021},
+    )
+    post(
+        seeded,
+        "investments",
+        {"project_id": chainless["id"], "kind": "planned_total", "amount": "2", "unit": "亿元"},
+    )
+    body = seeded.get(f"{API}/targets/{over['id']}/progress", params={"year": 2021}).json()
+    reasons = {s["reason"]: [r["name"] for r in s["records"]] for s in body["skipped"]}
+    assert reasons == {
+        "conflicting_amount": ["分歧项目"],
+        "no_chain": [
+            "重点丙",
+            "未归链项目",
+        ],  # of no chain: might be 光电's, so never left out silently
+        "no_amount": ["重点丙"],
+    }
+    assert (body["status"], body["actual"], body["ratio"]) == ("no_data", None, None)
+    # High-tech enterprises: the seeded one's flag is unknown → no data; a known "no" is data.
+    high_tech = next(t for t in targets if t["metric"] == "high_tech_enterprises")
+    h_url = f"{API}/targets/{high_tech['id']}/progress"
+    body = seeded.get(h_url, params={"year": 2022}).json()
+    assert (body["status"], body["actual"]) == ("no_data", None)
+    assert body["skipped"][0]["reason"] == "unknown_high_tech"
+    enterprise = all_items(seeded, "enterprises")[0]
+    r = seeded.patch(f"{API}/enterprises/{enterprise['id']}", json={"is_high_tech": False})
+    assert r.status_code == 200
+    body = seeded.get(h_url, params={"year": 2022}).json()
+    assert (body["status"], body["actual"], body["ratio"]) == ("complete", "0", "0.0000")
+    assert body["records_excluded"] == 1
 
 
 def test_a_signed_project_over_100m_moves_the_chain_actual_by_one(seeded: TestClient) -> None:
@@ -176,7 +346,12 @@ def test_a_signed_project_over_100m_moves_the_chain_actual_by_one(seeded: TestCl
 
     def actual() -> str:
         body = seeded.get(f"{API}/targets/{target['id']}/progress", params={"year": year}).json()
-        return str(body["actual"])
+        return str(body["actual"] or 0)
+
+    def patch(body: dict[str, Any]) -> None:
+        answer = seeded.patch(f"{API}/projects/{project['id']}", json=body)
+        assert answer.status_code == 200, answer.text
+        assert {k: answer.json()[k] for k in body} == body
 
     before = actual()
     project = post(
@@ -198,11 +373,11 @@ def test_a_signed_project_over_100m_moves_the_chain_actual_by_one(seeded: TestCl
     )
     assert int(actual()) == int(before) + 1
     # Not landed, or cancelled, or another year: not counted.
-    seeded.patch(f"{API}/projects/{project['id']}", json={"stage": "negotiating"})
+    patch({"stage": "negotiating"})
     assert actual() == before
-    seeded.patch(f"{API}/projects/{project['id']}", json={"stage": "cancelled"})
+    patch({"stage": "cancelled"})
     assert actual() == before
-    seeded.patch(f"{API}/projects/{project['id']}", json={"stage": "operating", "year": year + 1})
+    patch({"stage": "operating", "year": year + 1})
     assert actual() == before
 
 
@@ -264,6 +439,20 @@ def test_investment_stats_sum_exactly_and_count_conflicts_once(seeded: TestClien
     big_data = next(g for g in by_chain if g["label"] == "大数据")
     assert big_data["total_investment"] == "3000000000.00" and big_data["conflicting_projects"] == 1
     assert big_data["total_investment_display"] == "30亿元"
+    # The conflict widens the sum into the range of what the records say.
+    assert (big_data["total_investment_low"], big_data["total_investment_high"]) == (
+        "2000000000.00",
+        "3000000000.00",
+    )
+    assert big_data["total_investment_range_display"] == "20亿元–30亿元"
+    # A chain whose one project has no amount has no total: not "0元".
+    smart = next(g for g in by_chain if g["label"] == "智能制造")
+    assert (smart["status"], smart["total_investment"], smart["total_investment_display"]) == (
+        "no_data",
+        None,
+        None,
+    )
+    assert (smart["project_count"], smart["projects_without_investment"]) == (1, 1)
     chain_id = big_data["key"]
     park_id = all_items(seeded, "parks")[0]["id"]
     p = post(
@@ -314,7 +503,16 @@ def test_the_loader_is_idempotent_and_check_reports_drift(
     client.patch(f"{API}/projects/{lunan['id']}", json={"stage": "under_construction"})
     differences, out = run_seed(database_url, check=True)
     assert differences == 1 and "lunan-big-data-center" in out and "stage" in out
+    assert "changed by staff" in out
     assert client.get(f"{API}/projects/{lunan['id']}").json()["stage"] == "under_construction"
+    # A later seed (say, corrected after an upgrade) keeps what staff changed, and says so ...
+    _, out = run_seed(database_url)
+    assert "0 updated, 32 unchanged, 1 kept as staff changed them" in out, out
+    assert client.get(f"{API}/projects/{lunan['id']}").json()["stage"] == "under_construction"
+    # ... unless told to overwrite it.
+    _, out = run_seed_forced(database_url)
+    assert "1 updated" in out, out
+    assert client.get(f"{API}/projects/{lunan['id']}").json()["stage"] == "operating"
 
 
 def test_seed_files_name_no_machine_paths() -> None:

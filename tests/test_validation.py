@@ -222,13 +222,15 @@ def test_unit_needs_an_amount_and_required_fields_refuse_null_on_patch(
 
     purl = f"{API}/projects/{project['id']}"
     version = client.get(purl).json()["version"]  # the investment moved the headline
-    for field in ("name", "stage", "park_id", "is_key"):
+    for field in ("name", "park_id", "inferred"):
         refused(client, "PATCH", purl, {field: None}, field)
     assert client.get(purl).json()["version"] == version
-    # An optional field may be cleared with null.
-    client.patch(purl, json={"year": 2021})
-    cleared = client.patch(purl, json={"year": None})
-    assert cleared.status_code == 200 and cleared.json()["year"] is None
+    # An optional field may be cleared with null; a stage or key flag cleared is unknown.
+    for field, value in (("year", 2021), ("stage", "signed"), ("is_key", False)):
+        set_ = client.patch(purl, json={field: value})
+        assert set_.status_code == 200 and set_.json()[field] == value
+        cleared = client.patch(purl, json={field: None})
+        assert cleared.status_code == 200 and cleared.json()[field] is None
 
 
 @settings(

@@ -1,19 +1,32 @@
 """What the dashboard shows, gathered through the same service functions as the JSON API:
 lists through `records.list_page`, target progress through `services.target` (as
 `/chains/{id}/scorecard` and `/targets/{id}/progress`), sums through `services.stats` (as
-`/stats/investment`). No query of its own, so the page and the API never disagree."""
+`/stats/investment`), the projects whose investment records disagree as
+`GET /projects?investment_conflict=true` lists them, and their sources as `GET /sources/{id}`
+reads them. No query of its own, so the page and the API never disagree."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.errors import NotFound
 from app.models.chain import Chain
 from app.models.common import ListParams
 from app.models.park import Park
 from app.models.target import Target
-from app.resources import CHAINS, PARKS, TARGETS, ChainFilters, ParkFilters, TargetFilters
+from app.resources import (
+    CHAINS,
+    PARKS,
+    PROJECTS,
+    SOURCES,
+    TARGETS,
+    ChainFilters,
+    ParkFilters,
+    ProjectFilters,
+    TargetFilters,
+)
 from app.services import records
 from app.services import stats as stats_service
 from app.services import target as target_service
@@ -40,6 +53,13 @@ class DashboardData:
     targets: list[TargetRow]  # only those whose period holds `year`
     by_chain: list[dict[str, Any]]
     by_stage: list[dict[str, Any]]
+    # All the park's projects as one group (`stats.group`): the total, or none when no project
+    # has an amount, its range when figures disagree, and what it leaves out.
+    overall: dict[str, Any] = field(default_factory=dict)
+    # The projects whose investment records disagree (rows with `investment_figures`), and the
+    # sources their figures cite, by id.
+    conflicts: list[Any] = field(default_factory=list)
+    sources: dict[int, Any] = field(default_factory=dict)
 
 
 async def _all(
@@ -100,6 +120,10 @@ async def collect(session: AsyncSession, year: int | None, park_id: int | None) 
     span = max(known) - min(known)
     years = list(range(min(known), max(known) + 1)) if span <= 30 else sorted(known)
 
+    by_stage = await stats_service.investment(session, GroupBy.stage, park.id)
+    conflicts = await _all(
+        session, PROJECTS, ProjectFilters(park_id=park.id, investment_conflict=True, limit=500)
+    )
     return DashboardData(
         parks=parks,
         park=park,
@@ -108,9 +132,50 @@ async def collect(session: AsyncSession, year: int | None, park_id: int | None) 
         chains=chains,
         targets=rows,
         by_chain=await stats_service.investment(session, GroupBy.chain, park.id),
-        by_stage=await stats_service.investment(session, GroupBy.stage, park.id),
+        by_stage=by_stage,
+        overall=overall(by_stage),
+        conflicts=conflicts,
+        sources=await _sources(session, conflicts),
     )
 
 
-def total(groups: list[dict[str, Any]], field: str) -> Any:
-    return sum((g[field] for g in groups), Decimal(0) if field == "total_investment" else 0)
+async def _sources(session: AsyncSession, projects: list[Any]) -> dict[int, Any]:
+    """The sources the disagreeing figures cite, each read as `GET /sources/{id}` reads it."""
+    ids = sorted(
+        {f["source_id"] for p in projects for f in p.investment_figures or () if f["source_id"]}
+    )
+    found: dict[int, Any] = {}
+    for source_id in ids:
+        try:
+            found[source_id] = await records.read_row(session, SOURCES, source_id)
+        except NotFound:  # deleted since: the figure still names its source by number
+            continue
+    return found
+
+
+def overall(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """Groups that partition the projects (e.g. by stage, unknown stage included) as one."""
+    known = [g["total_investment"] for g in groups if g["total_investment"] is not None]
+    amount = sum(known, Decimal(0)) if known else None
+    spread = None
+    conflicting = total(groups, "conflicting_projects")
+    if conflicting and amount is not None:
+        ranged = [g for g in groups if g["total_investment_low"] is not None]
+        spread = (
+            sum((g["total_investment"] - g["total_investment_low"] for g in ranged), Decimal(0)),
+            sum((g["total_investment_high"] - g["total_investment"] for g in ranged), Decimal(0)),
+        )
+    return stats_service.group(
+        None,
+        "全部 All",
+        total(groups, "project_count"),
+        total(groups, "projects_with_investment"),
+        amount,
+        conflicting,
+        spread,
+    )
+
+
+def total(groups: list[dict[str, Any]], name: str) -> int:
+    """A count summed over groups (amounts are summed by `overall`: some may be unknown)."""
+    return sum(int(g[name]) for g in groups)

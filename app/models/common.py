@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
+from annotated_types import MaxLen
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -15,6 +16,7 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     create_model,
+    field_validator,
 )
 from pydantic_core import PydanticCustomError
 from sqlalchemy import MetaData
@@ -72,6 +74,15 @@ EXTERNAL_ID_PATTERN = (
 ExternalId = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=EXTERNAL_ID_PATTERN)
 ]
+# Which fields of a record are inferences or readings, each with its reason (`Provenance.inferred`).
+FieldName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
+Reason = Annotated[
+    str, StringConstraints(min_length=1, max_length=1000, pattern=NO_NUL), AfterValidator(_strip(1))
+]
+Inferred = Annotated[dict[FieldName, Reason], MaxLen(50)]
+# What `inferred` may not name: the provenance itself, the caller's own key, and input that is
+# not kept (an amount's unit: the amount is stored in 元).
+NOT_INFERABLE = frozenset({"external_id", "source_id", "quote", "note", "inferred", "unit"})
 # A text query parameter: any text but NUL.
 QueryText = Annotated[str, StringConstraints(pattern=NO_NUL)]
 
@@ -170,6 +181,23 @@ class CreateModel(SQLModel):
     external_id: ExternalId | None = Field(
         default=None, description="外部系统编号 (caller's own key, unique per resource)"
     )
+
+    @field_validator("inferred", check_fields=False)
+    @classmethod
+    def _inferred_names_own_fields(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        """`inferred` names fields of this resource that a caller writes (on every resource
+        with provenance; the PATCH models inherit this check with their base)."""
+        if value:
+            allowed = set(cls.model_fields) - NOT_INFERABLE
+            unknown = sorted(set(value) - allowed)
+            if unknown:
+                raise PydanticCustomError(
+                    "inferred_field",
+                    "{unknown} 不能标为推断：推断说明只能针对本资源的数据字段，可用: {allowed} "
+                    "(inferred names a data field of this resource)",
+                    {"unknown": "、".join(unknown), "allowed": "、".join(sorted(allowed))},
+                )
+        return value
 
 
 class UpdateModel(CreateModel):

@@ -38,20 +38,29 @@ class EnterpriseBase(Provenance):
         ),
         schema_extra={"examples": [None, "91350100M000100Y43"]},
     )
-    is_high_tech: StrictBool = Field(
-        default=False,
-        description="高新技术企业（当前是否认定）(certified high-tech enterprise)",
-        schema_extra={"examples": [False]},
+    is_high_tech: StrictBool | None = Field(
+        default=None,
+        description=(
+            "高新技术企业（当前是否认定）：true 是 / false 否 / null 未知，默认未知 "
+            "(certified high-tech enterprise; null = unknown)"
+        ),
+        schema_extra={"examples": [None, True]},
     )
-    is_above_scale: StrictBool = Field(
-        default=False,
-        description="规上企业：规模以上工业企业 (above-scale industrial enterprise)",
-        schema_extra={"examples": [False]},
+    is_above_scale: StrictBool | None = Field(
+        default=None,
+        description=(
+            "规上企业（规模以上工业企业）：true 是 / false 否 / null 未知，默认未知 "
+            "(above-scale industrial enterprise; null = unknown)"
+        ),
+        schema_extra={"examples": [None, False]},
     )
-    is_leading: StrictBool = Field(
-        default=False,
-        description="头部企业 / 链主企业：计入「每年招引落地头部企业」目标 (leading enterprise)",
-        schema_extra={"examples": [False]},
+    is_leading: StrictBool | None = Field(
+        default=None,
+        description=(
+            "头部企业 / 链主企业，计入「每年招引落地头部企业」目标：true 是 / false 否 / null 未知，"
+            "默认未知 (leading enterprise; null = unknown)"
+        ),
+        schema_extra={"examples": [None, True]},
     )
     landed_year: Year | None = Field(
         default=None,

@@ -1,8 +1,11 @@
+from datetime import date
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
-from pydantic import StrictBool, computed_field
-from sqlalchemy import Index, String
+from pydantic import BaseModel, StrictBool, computed_field
+from pydantic import Field as PydanticField
+from sqlalchemy import JSON, Index, String
 from sqlmodel import Field
 
 from app.db_types import ExactDecimal
@@ -16,6 +19,7 @@ from app.models.common import (
     Ref,
     Year,
 )
+from app.models.investment import InvestmentKind
 from app.models.provenance import Provenance
 from app.money import display
 
@@ -76,20 +80,24 @@ class ProjectBase(Provenance):
         description="项目代码（如发改委项目代码）；可空，全局唯一 (project code)",
     )
     name: Name = Field(description="项目名称", schema_extra={"examples": ["鲁南大数据中心"]})
-    stage: Stage = Field(
+    stage: Stage | None = Field(
+        default=None,
         sa_type=String(20),
         index=True,
         description=(
             "阶段: planning 谋划 / negotiating 在谈 / signed 签约 / under_construction 在建 / "
-            "completed 竣工 / operating 投产 / cancelled 终止"
+            "completed 竣工 / operating 投产 / cancelled 终止；null 未知 (null = unknown)"
         ),
         schema_extra={"examples": ["operating"]},
     )
-    is_key: StrictBool = Field(
-        default=False,
+    is_key: StrictBool | None = Field(
+        default=None,
         index=True,
-        description="重点项目：计入 key_projects「每年100个重点项目」目标 (key project)",
-        schema_extra={"examples": [False]},
+        description=(
+            "重点项目，计入 key_projects「每年100个重点项目」目标：true 是 / false 否 / null 未知，"
+            "默认未知 (key project; null = unknown)"
+        ),
+        schema_extra={"examples": [None, True]},
     )
     year: Year | None = Field(
         default=None,
@@ -114,6 +122,32 @@ class Project(ProjectBase, RecordColumns, table=True):
 
     total_investment: Decimal | None = Field(default=None, sa_type=ExactDecimal(18, 2))
     investment_conflict: bool = Field(default=False)
+    # When the records disagree: each figure as `InvestmentFigure` writes it (derived).
+    investment_figures: list[dict[str, Any]] | None = Field(
+        default=None,
+        sa_type=JSON(none_as_null=True),  # None is SQL NULL, never JSON 'null'
+    )
+
+
+class InvestmentFigure(BaseModel):
+    """One investment record's figure for the project's total, shown when the figures disagree."""
+
+    investment_id: int = PydanticField(description="投资额记录编号 (investment id)", examples=[1])
+    kind: InvestmentKind = PydanticField(
+        description="类型: planned_total 计划总投资 / reported 报道", examples=["planned_total"]
+    )
+    amount: DecimalString = PydanticField(description="金额（元）", examples=["3000000000.00"])
+    amount_display: str = PydanticField(description="显示形式", examples=["30亿元"])
+    as_of_date: date | None = PydanticField(description="截至日期；未知为空")
+    source_id: int | None = PydanticField(description="来源编号；未知为空", examples=[1])
+    headline: bool = PydanticField(
+        description="是否为总投资 total_investment 所取的一条（按总投资规则）"
+    )
+
+
+def _amounts(figures: list[Any]) -> list[Decimal]:
+    # A stored figure (a dict, on the plain path) or an `InvestmentFigure`.
+    return [Decimal(f["amount"] if isinstance(f, dict) else f.amount) for f in figures]
 
 
 class ProjectCreate(ProjectBase, CreateModel):
@@ -140,3 +174,21 @@ class ProjectPublic(ProjectBase, RecordPublic):
         description="投资额冲突：计划总投资与报道额记录的金额不一致 (records disagree)",
         schema_extra={"examples": [True]},
     )
+    investment_figures: list[InvestmentFigure] | None = Field(
+        default=None,
+        description=(
+            "投资额冲突时，各条记录的金额与来源（只读）；headline 标出总投资所取的一条。不冲突时为空 "
+            "(each disagreeing figure with its source; null when they agree)"
+        ),
+    )
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="投资额冲突时的范围，如「20亿元–30亿元，2条记录不一致」；不冲突时为空",
+        examples=["20亿元–30亿元，2条记录不一致"],
+    )
+    @property
+    def total_investment_range_display(self) -> str | None:
+        if not self.investment_figures:
+            return None
+        amounts = _amounts(self.investment_figures)
+        return f"{display(min(amounts))}–{display(max(amounts))}，{len(amounts)}条记录不一致"

@@ -70,6 +70,14 @@ class TargetBase(Provenance):
         description="截止年份；空表示未限定 (last year; null when open-ended)",
         schema_extra={"examples": [None, 2023]},
     )
+    period_end_year_earliest: Year | None = Field(
+        default=None,
+        description=(
+            "最早截止年份：来源只给出范围时（如「力争通过3—5年」）填范围的下限，period_end_year 为上限；"
+            "截止年份确定时为空 (earliest end year when the source gives a range)"
+        ),
+        schema_extra={"examples": [None, 2023]},
+    )
     recurrence: Recurrence = Field(
         sa_type=String(10),
         description="周期: annual 每年 / by_end 期末达到",

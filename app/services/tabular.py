@@ -5,7 +5,14 @@ of rows at a time (see `bulk`).
 Layout rules, shared by export and import:
 - Row 1 holds Chinese headers; data starts on row 2, and errors name rows as Excel shows them.
 - Enumerations are written as their Chinese label (阶段 `签约`, 类型 `计划总投资`); an import
-  also takes the API code (`signed`) or both (`签约 signed`). Flags are `是` / `否`.
+  also takes the API code (`signed`) or both (`签约 signed`). Flags are `是` / `否`, and an
+  empty cell (or `未知`) is unknown, never `否`; an empty 阶段 is an unknown stage.
+- 推断说明 holds the record's `inferred`: one line per field, `列名：依据` (the column's header,
+  or the API's field name), and an import reads it back the same way.
+- A project's 总投资 columns stand with their own provenance: the investment record the headline
+  takes and its source (总投资取自投资额编号 / 总投资来源编号), and, where the records disagree,
+  every figure with its source and the range (总投资各记录); the 来源编号 / 原文引述 at the end of
+  the row are the project record's own.
 - Amounts: 元 exact (CSV: the decimal text; XLSX: a number wherever a double holds the figure
   to the fen, which is every amount under 10^13 元, else the exact text), plus 万元 and 亿元.
 - Columns such as names of related records, amounts, versions and times are derived: an import
@@ -28,7 +35,7 @@ import types
 import typing
 import zipfile
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -58,7 +65,7 @@ from sqlalchemy import ARRAY, any_, bindparam, null, select
 from sqlalchemy import text as sql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col
 
 from app import context
 from app.config import Settings
@@ -66,14 +73,15 @@ from app.db import Database, Record
 from app.db_types import utcnow
 from app.errors import AppError, Conflict, FieldError, Invalid
 from app.models.chain import Chain
-from app.models.common import ListParams
+from app.models.common import NOT_INFERABLE, ListParams
 from app.models.enterprise import Enterprise
-from app.models.investment import InvestmentKind
+from app.models.investment import Investment, InvestmentKind
 from app.models.park import Park
 from app.models.project import STAGE_ZH, Project
-from app.money import MoneyUnit, to_yuan
+from app.money import MoneyUnit, display, to_yuan
 from app.resources import ENTERPRISES, INVESTMENTS, PROJECTS
 from app.services import bulk, records
+from app.services import project as project_service
 from app.services.records import ResourceSpec
 
 BATCH_SIZE = 1000  # rows per keyset page while exporting
@@ -93,6 +101,7 @@ KIND_LABELS: dict[str, str] = {
 YES, NO = "是", "否"
 _TRUE = {"是", "true", "t", "yes", "y", "1", "√", "✓"}
 _FALSE = {"否", "false", "f", "no", "n", "0", "×", "✗"}
+_UNKNOWN = {"未知", "不详", "unknown", "?", "？"}
 
 
 class Kind(StrEnum):
@@ -107,6 +116,10 @@ class Kind(StrEnum):
     DATE = "date"
     TIME = "time"
     NAME = "name"  # the name of the record that `field` (a foreign key) points to
+    INFERRED = "inferred"  # `列名：依据` per line
+    HEADLINE_RECORD = "headline_record"  # the investment record a project's total takes
+    HEADLINE_SOURCE = "headline_source"  # and that record's source
+    FIGURES = "figures"  # a project's disagreeing figures, each with its source
 
 
 class Role(StrEnum):
@@ -156,6 +169,7 @@ def _record_columns() -> tuple[Column, ...]:
     return (
         Column("来源编号", "source_id", Kind.INT, Role.DATA, width=10),
         Column("原文引述", "quote", Kind.TEXT, Role.DATA, width=40),
+        Column("推断说明", "inferred", Kind.INFERRED, Role.DATA, width=40),
         Column("备注", "note", Kind.TEXT, Role.DATA, width=30),
         Column("版本", "version", Kind.INT, Role.VERSION, width=6),
         Column("创建时间", "created_at", Kind.TIME, width=26),
@@ -185,6 +199,9 @@ PROJECT_LAYOUT = Layout(
         Column("总投资(万元)", "total_investment", Kind.WAN, width=14),
         Column("总投资(亿元)", "total_investment", Kind.YI, width=12),
         Column("投资额冲突", "investment_conflict", Kind.BOOL, width=10),
+        Column("总投资取自投资额编号", "id", Kind.HEADLINE_RECORD, width=12),
+        Column("总投资来源编号", "id", Kind.HEADLINE_SOURCE, width=10),
+        Column("总投资各记录（不一致时）", "investment_figures", Kind.FIGURES, width=50),
         *_record_columns(),
     ),
 )
@@ -245,7 +262,33 @@ def _plain(amount: Decimal) -> Decimal:
     return Decimal(format(amount.normalize(), "f"))
 
 
-def value_of(column: Column, record: Any, names: dict[tuple[type, int], str]) -> Any:
+def _inferred_text(layout: "Layout", inferred: dict[str, str]) -> str | None:
+    """`列名：依据`, one field a line; a reason's own further lines are indented, so the import
+    reads them as its continuation whatever they hold."""
+    return (
+        "\n".join(
+            f"{layout.header_of(k) or k}：" + v.replace("\n", "\n  ") for k, v in inferred.items()
+        )
+        or None
+    )
+
+
+def _figures_text(figures: list[dict[str, Any]]) -> str:
+    amounts = [Decimal(f["amount"]) for f in figures]
+    each = "；".join(
+        f"{f['amount_display']} {KIND_LABELS.get(f['kind'], f['kind'])}"
+        f"（投资额编号 {f['investment_id']}，来源编号 {f['source_id'] if f['source_id'] else '未知'}"
+        + (f"，截至 {f['as_of_date']}" if f["as_of_date"] else "")
+        + ("，总投资取此条" if f["headline"] else "")
+        + "）"
+        for f in figures
+    )
+    return f"{display(min(amounts))}–{display(max(amounts))}，{len(figures)}条记录不一致：{each}"
+
+
+def value_of(
+    layout: "Layout", column: Column, record: Any, names: dict[tuple[Any, int], Any]
+) -> Any:
     """A cell as a Python value (int, str, Decimal, bool or None), before any file format."""
     raw = getattr(record, column.field)
     if raw is None:
@@ -253,6 +296,13 @@ def value_of(column: Column, record: Any, names: dict[tuple[type, int], str]) ->
     if column.kind == Kind.NAME:
         assert column.related is not None
         return names.get((column.related, raw))
+    if column.kind == Kind.INFERRED:
+        return _inferred_text(layout, raw)
+    if column.kind in (Kind.HEADLINE_RECORD, Kind.HEADLINE_SOURCE):
+        headline = names.get((Kind.HEADLINE_RECORD, raw))
+        return None if headline is None else headline[column.kind == Kind.HEADLINE_SOURCE]
+    if column.kind == Kind.FIGURES:
+        return _figures_text(raw)
     if column.kind == Kind.STAGE:
         return STAGE_ZH.get(raw, str(raw))
     if column.kind == Kind.INVESTMENT_KIND:
@@ -339,8 +389,12 @@ def list_params(spec: ResourceSpec, params: BaseModel) -> ListParams:
 
 async def _related_names(
     session: AsyncSession, layout: Layout, rows: list[Any]
-) -> dict[tuple[type, int], str]:
-    names: dict[tuple[type, int], str] = {}
+) -> dict[tuple[Any, int], Any]:
+    """What the derived cells of these rows show: names of related records, and for projects
+    the investment record (and its source) each headline total takes."""
+    names: dict[tuple[Any, int], Any] = {}
+    if layout.spec is PROJECTS and rows:
+        names |= await _headlines(session, [r.id for r in rows])
     for column in layout.columns:
         model: Any = column.related
         if model is None:
@@ -358,6 +412,25 @@ async def _related_names(
     return names
 
 
+async def _headlines(session: AsyncSession, project_ids: list[int]) -> dict[tuple[Any, int], Any]:
+    """(investment id, source id) of the record each project's total takes, by the rule that
+    sets it (`project_service.derived`)."""
+    stmt = select(Investment).where(
+        col(Investment.project_id).in_(project_ids),
+        col(Investment.deleted_at).is_(None),
+        col(Investment.kind).in_(project_service.TOTAL_KINDS),
+    )
+    by_project: dict[int, list[Investment]] = defaultdict(list)
+    for investment in (await session.scalars(stmt)).all():
+        by_project[investment.project_id].append(investment)
+    found: dict[tuple[Any, int], Any] = {}
+    for project_id, investments in by_project.items():
+        best = project_service.headline_record(investments)
+        if best is not None:
+            found[(Kind.HEADLINE_RECORD, project_id)] = (best.id, best.source_id)
+    return found
+
+
 async def pages(db: Database, layout: Layout, params: ListParams) -> AsyncIterator[list[list[Any]]]:
     """The rows of the export, one keyset page at a time: never all rows at once, and no
     connection held between pages (a slow download does not pin the pool)."""
@@ -367,7 +440,7 @@ async def pages(db: Database, layout: Layout, params: ListParams) -> AsyncIterat
             page = params.model_copy(update={"limit": BATCH_SIZE, "cursor": cursor})
             rows, cursor = await records.list_page(session, layout.spec, page)
             names = await _related_names(session, layout, rows)
-        yield [[value_of(c, r, names) for c in layout.columns] for r in rows]
+        yield [[value_of(layout, c, r, names) for c in layout.columns] for r in rows]
         if cursor is None:
             return
 
@@ -978,7 +1051,7 @@ def _as_int(value: Any) -> int:
     raise CellError(f"应为整数，而不是“{_quoted(text)}” (expected a whole number)")
 
 
-def _as_bool(value: Any) -> bool:
+def _as_bool(value: Any) -> bool | None:
     if isinstance(value, bool):
         return value
     text = (value if isinstance(value, str) else _as_text(value)).strip().lower()
@@ -986,7 +1059,14 @@ def _as_bool(value: Any) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise CellError(f"应为“是”或“否”，而不是“{_quoted(text)}” (expected 是 or 否)")
+    if text in _UNKNOWN:
+        return None
+    raise CellError(
+        f"应为“是”、“否”或留空（未知），而不是“{_quoted(text)}” (expected 是, 否, or empty for unknown)"
+    )
+
+
+_INFERRED_LINE = re.compile(r"^([^:：\s][^:：\n]{0,63}?)\s*[:：]\s*(.*)$")
 
 
 _BY_LABEL = {id(labels): {v: k for k, v in labels.items()} for labels in (STAGE_ZH, KIND_LABELS)}
@@ -1016,7 +1096,7 @@ def parse_cell(column: Column, value: Any, *, from_csv: bool) -> Any:
 def cell_parser(column: Column, *, from_csv: bool) -> Callable[[Any], Any]:
     """`parse_cell` for one column, its choices made once (an import calls it per cell)."""
     kind = column.kind
-    empty = False if kind == Kind.BOOL else None
+    empty: Any = {} if kind == Kind.INFERRED else None  # an empty flag is unknown, not 否
     convert: Callable[[Any], Any] = {
         Kind.INT: _as_int,
         Kind.BOOL: _as_bool,
@@ -1288,6 +1368,38 @@ class _Importer:
         head = name.split(".")[0]
         return self.layout.header_of(head) or head
 
+    def inferred_fields(self, text: str) -> dict[str, str]:
+        """A 推断说明 cell as `inferred`: a line `列名：依据` names a column of this sheet (its
+        header, or the API's field name) and starts its reason; an indented line, or one whose
+        name is no column, continues the reason above it."""
+        found: dict[str, str] = {}
+        last: str | None = None
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            match = None if line[:1].isspace() else _INFERRED_LINE.match(line)
+            field_name = self.inferable(match.group(1)) if match else None
+            if field_name is not None and match is not None and match.group(2).strip():
+                if field_name in found:
+                    raise CellError(f"“{_quoted(match.group(1))}”写了两次 (a field is named twice)")
+                found[field_name] = match.group(2).strip()
+                last = field_name
+            elif last is not None:
+                found[last] += "\n" + line.strip()
+            else:
+                raise CellError(
+                    f"每行应为“列名：依据”，列名为本表可写的列，而不是“{_quoted(line)}” "
+                    "(expected `column: reason` per line, naming a column of this sheet)"
+                )
+        return found
+
+    def inferable(self, name: str) -> str | None:
+        """The field a 推断说明 line names (a header of this sheet, or a field name), if any."""
+        column = self.layout.by_header.get(_header_key(name))
+        field_name = column.field if column is not None and column.role != Role.DERIVED else name
+        fields = self.spec.create.model_fields
+        return field_name if field_name in fields and field_name not in NOT_INFERABLE else None
+
     def fail(self, row: int, column: str | None, message: str) -> None:
         """Counts every problem; keeps those of the first rows, enough for the report. Rows
         are parsed in a worker thread while the event loop writes (which can fail too)."""
@@ -1346,6 +1458,13 @@ class _Importer:
                 self.fail(number, column.header, str(exc))
                 failed.add(column.field)
                 continue
+            if column.kind == Kind.INFERRED and isinstance(value, str):
+                try:
+                    value = self.inferred_fields(value)
+                except CellError as exc:
+                    self.fail(number, column.header, str(exc))
+                    failed.add(column.field)
+                    continue
             if column.kind not in AMOUNT_UNITS:
                 values[column.field] = value
             elif value is None:
