@@ -13,7 +13,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--no-access-log", action="store_true", help="log no line per request")
-    migrate_p = sub.add_parser("migrate", help="upgrade the database schema (default: to head)")
+    migrate_p = sub.add_parser(
+        "migrate",
+        help="upgrade the database schema to REVISION (default: head); never downgrades",
+    )
     migrate_p.add_argument("revision", nargs="?", default="head")
     seed = sub.add_parser("seed", help="load the seed data (idempotent)")
     seed.add_argument("--check", action="store_true", help="report differences, write nothing")
@@ -63,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         from app import migrate
 
-        migrate.upgrade(revision=args.revision)
-        return 0
+        return migrate.cli(args.revision)
     if args.command == "seed":
         from app import seed as seed_module
 

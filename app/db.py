@@ -396,12 +396,29 @@ class _Turns:
             weakref.WeakKeyDictionary()
         )
 
+        self.queued: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = (
+            weakref.WeakKeyDictionary()
+        )
+
     def here(self) -> Any:
         loop = asyncio.get_running_loop()
         turn = self.by_loop.get(loop)
         if turn is None:
             turn = self.by_loop[loop] = self.make()
         return turn
+
+    async def take(self, turn: Any) -> None:
+        """`turn.acquire()`, counted in `waiting()` for as long as it waits."""
+        loop = asyncio.get_running_loop()
+        self.queued[loop] = self.queued.get(loop, 0) + 1
+        try:
+            await turn.acquire()
+        finally:
+            self.queued[loop] -= 1
+
+    def waiting(self) -> int:
+        """How many tasks of this event loop wait for their turn now."""
+        return self.queued.get(asyncio.get_running_loop(), 0)
 
 
 class Database:
@@ -439,7 +456,7 @@ class Database:
         gate: asyncio.Semaphore = self.checkouts.here()
         try:
             async with asyncio.timeout(self.pool_timeout):
-                await gate.acquire()
+                await self.checkouts.take(gate)
         except TimeoutError as exc:
             raise PoolTimeout("no database connection came free in time") from exc
         try:
@@ -453,13 +470,17 @@ class Database:
         if not self.is_sqlite or task in self.writing_task:
             yield
             return
-        async with self.writers.here():
+        turn = self.writers.here()
+        await self.writers.take(turn)
+        try:
             assert task is not None
             self.writing_task.add(task)
             try:
                 yield
             finally:
                 self.writing_task.discard(task)
+        finally:
+            turn.release()
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncSession]:

@@ -17,24 +17,45 @@ PROBLEM_BASE = "/problems/"
 
 
 class FieldError(BaseModel):
-    field: str = Field(description="出错的字段 (dotted path; the offending field)")
-    location: str = Field(description="body / query / path / header")
-    message: str
+    """一个字段的错误 (one offending field)."""
+
+    field: str = Field(
+        description="出错的字段，以点分隔的路径，如 `items.0.data.name` (dotted path of the field)"
+    )
+    location: str = Field(
+        description=(
+            "字段所在位置：body 请求体 / query 查询参数 / path 路径参数 / header 请求头"
+            " (where the field was sent)"
+        )
+    )
+    message: str = Field(description="错误说明 (what is wrong with it)")
     index: int | None = Field(default=None, description="批量请求中出错项的序号 (batch item index)")
 
 
 class Problem(BaseModel):
-    """RFC 9457 problem details."""
+    """错误响应：RFC 9457 problem details，媒体类型 `application/problem+json`。"""
 
-    type: str = Field(examples=["/problems/validation-error"])
-    title: str = Field(examples=["Validation error"])
-    status: int = Field(examples=[422])
-    detail: str | None = None
-    instance: str | None = None
+    type: str = Field(
+        description="错误类别的标识，`/problems/` 加类别名 (a URI reference naming the kind)",
+        examples=["/problems/validation-error"],
+    )
+    title: str = Field(
+        description="错误类别的简短标题，同一类别总是相同 (short, the same for every problem of a kind)",
+        examples=["Validation error"],
+    )
+    status: int = Field(description="HTTP 状态码，与响应的一致 (the HTTP status)", examples=[422])
+    detail: str | None = Field(
+        default=None, description="这一次错误的具体说明 (what went wrong this time)"
+    )
+    instance: str | None = Field(
+        default=None, description="出错的请求路径 (the path of the request that failed)"
+    )
     field: str | None = Field(
         default=None, description="第一个出错的字段 (the first offending field)"
     )
-    errors: list[FieldError] | None = None
+    errors: list[FieldError] | None = Field(
+        default=None, description="逐个字段的错误；校验失败时给出 (every offending field)"
+    )
     children: dict[str, list[int]] | None = Field(
         default=None, description="阻止删除的下级记录 (live records that block a delete)"
     )

@@ -9,6 +9,8 @@ MAX_AMOUNT = Decimal("9999999999999999.99")
 
 
 class MoneyUnit(StrEnum):
+    """元 人民币元 (yuan), 万元 一万元 (10,000 yuan), 亿元 一亿元 (100,000,000 yuan)"""
+
     YUAN = "元"
     WAN = "万元"
     YI = "亿元"

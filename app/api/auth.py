@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Form, Path, Query, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 
 from app.api.deps import (
@@ -41,6 +41,55 @@ MAX_AUDIT_PAGE = 500
 Admin = Annotated[Principal | None, IsAdmin]  # the admin acting: it manages only its own parks
 
 
+class LoginForm(OAuth2PasswordRequestForm):
+    """FastAPI's OAuth2 password form, field for field (the same names, types, defaults and
+    `grant_type` pattern), with each field described for Swagger: FastAPI reads the form's
+    fields from this `__init__`, as it does for any class used as a dependency."""
+
+    def __init__(
+        self,
+        *,
+        grant_type: Annotated[
+            str | None,
+            Form(
+                pattern="^password$",
+                description="授权方式：只能为 password，或不填 (OAuth2 grant type)",
+            ),
+        ] = None,
+        username: Annotated[str, Form(description="用户名 (the staff account's username)")],
+        password: Annotated[
+            str,
+            Form(
+                json_schema_extra={"format": "password"},
+                description="密码 (the account's password)",
+            ),
+        ],
+        scope: Annotated[
+            str,
+            Form(description="OAuth2 权限范围；本服务不使用，留空即可 (unused: the role decides)"),
+        ] = "",
+        client_id: Annotated[
+            str | None,
+            Form(description="OAuth2 客户端编号；本服务不使用，留空即可 (unused)"),
+        ] = None,
+        client_secret: Annotated[
+            str | None,
+            Form(
+                json_schema_extra={"format": "password"},
+                description="OAuth2 客户端密钥；本服务不使用，留空即可 (unused)",
+            ),
+        ] = None,
+    ) -> None:
+        super().__init__(
+            grant_type=grant_type,
+            username=username,
+            password=password,
+            scope=scope,
+            client_id=client_id,
+            client_secret=client_secret,
+        )
+
+
 @router.post(
     "/auth/token",
     response_model=AccessToken,
@@ -54,9 +103,7 @@ Admin = Annotated[Principal | None, IsAdmin]  # the admin acting: it manages onl
         429: {"description": "失败次数过多"},
     },
 )
-async def login(
-    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]
-) -> AccessToken:
+async def login(request: Request, form: Annotated[LoginForm, Depends()]) -> AccessToken:
     settings: Settings = request.app.state.settings
     if "\x00" in form.username:
         # No account can have such a name, and the database refuses to store or compare it.

@@ -19,6 +19,8 @@ MAX_FEED_PAGE = 1000
 
 TABLES = {spec.name: spec.table for spec in ALL}
 ResourceName = StrEnum("ResourceName", {spec.name: spec.name for spec in ALL})  # type: ignore[misc]
+# Its values explained, as a class docstring explains the other enums' (e.g. `parks 园区`).
+ResourceName.__doc__ = ", ".join(f"{spec.name} {spec.title_zh}" for spec in ALL)
 
 
 @operations(

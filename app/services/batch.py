@@ -17,6 +17,8 @@ MAX_ITEMS = 1000
 
 
 class BatchOp(StrEnum):
+    """create 新建, update 部分更新, delete 删除"""
+
     create = "create"
     update = "update"
     delete = "delete"
@@ -34,16 +36,25 @@ class BatchItem(BaseModel):
 
 
 class BatchRequest(BaseModel):
+    """一批写入：同一类资源的新建、更新、删除，全部成功或全部不写 (all or nothing)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    items: list[BatchItem] = Field(min_length=1, max_length=MAX_ITEMS)
+    items: list[BatchItem] = Field(
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description=f"要执行的写入，按顺序执行，1 至 {MAX_ITEMS} 项 (the writes, in order)",
+    )
 
 
 class BatchResult(BaseModel):
-    index: int
-    op: BatchOp
-    id: int
-    version: int
+    index: int = Field(description="该项在请求中的序号，从 0 起 (the item's index in the request)")
+    op: BatchOp = Field(description="执行的操作：create 新建 / update 部分更新 / delete 删除")
+    id: int = Field(description="写入的记录编号 (the record's id)")
+    version: int = Field(
+        description="写入后记录的版本号（删除也算一次写入）；更新时可作下次的 If-Match"
+        " (the record's version after the write)"
+    )
 
 
 def _validation_errors(index: int, exc: ValidationError) -> list[FieldError]:

@@ -16,6 +16,8 @@ from app.models.project import Project
 
 
 class GroupBy(StrEnum):
+    """chain 按产业链, stage 按项目阶段, year 按年度"""
+
     chain = "chain"
     stage = "stage"
     year = "year"

@@ -1134,9 +1134,11 @@ def _yuan(value: Any, unit: MoneyUnit) -> Decimal:
 
 
 class RowError(BaseModel):
+    """导入文件中一处错误：哪一行、哪一列、错在哪里 (one problem in an imported file)."""
+
     row: int = Field(description="行号，与 Excel 显示一致（第 1 行为表头）", examples=[2])
     column: str | None = Field(description="列名；整行的问题为空", examples=["阶段"])
-    message: str = Field(examples=["未知的阶段“挖坑”"])
+    message: str = Field(description="错误说明 (what is wrong)", examples=["未知的阶段“挖坑”"])
 
 
 class ImportReport(BaseModel):
