@@ -23,6 +23,7 @@ from app.db import Database, make_engine
 from app.main import create_app
 from app.models.user import Role, Scope, TokenCreate, UserCreate
 from app.services import user as user_service
+from tests.helpers import same_app
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 # Accounts in the template, so every fresh database has them without hashing anew.
@@ -177,13 +178,16 @@ def tokens(db_factory: DatabaseFactory) -> dict[str, str]:
 
 @pytest.fixture
 def anon(settings: Settings) -> Iterator[TestClient]:
-    """A client that has not logged in."""
+    """A client that has not logged in. It runs the test's app: its lifespan, on its own event
+    loop (Starlette's portal thread), where the app's database pools live."""
     with TestClient(create_app(settings), base_url="http://testserver") as test_client:
         yield test_client
 
 
 @pytest.fixture
-def client(anon: TestClient, tokens: dict[str, str]) -> TestClient:
-    """A client holding the admin's service token (writes are recorded as token:test-admin)."""
-    anon.headers["Authorization"] = f"Bearer {tokens['admin']}"
-    return anon
+def client(anon: TestClient, tokens: dict[str, str]) -> Iterator[TestClient]:
+    """A client holding the admin's service token (writes are recorded as token:test-admin).
+
+    Not `anon`: a test may hold both, and changing one's headers leaves the other as it was."""
+    with same_app(anon, {"Authorization": f"Bearer {tokens['admin']}"}) as admin:
+        yield admin

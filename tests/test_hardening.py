@@ -7,29 +7,25 @@ Content-Security-Policy that does not break them."""
 import base64
 import contextlib
 import json
-import os
 import select
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
-from tests.helpers import API
+from tests.helpers import API, CHROMIUM, CHROMIUM_ARGS, chromium_or_skip, probing, sheet, xlsx
 from tests.servers import server
-from tests.test_import_limits import probing, sheet, xlsx
 
 CLIENT_TIMEOUT = 2.0  # CLIENT_TIMEOUT_SECONDS of the server under test
 MAX_HEAD = 16 * 1024  # MAX_REQUEST_HEADER_BYTES, left at its default
 MIB = 1024 * 1024
 PROBLEM_JSON = "application/problem+json"
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 @dataclass
@@ -479,13 +475,8 @@ def test_docs_pages_send_a_csp_that_breaks_neither(served: Served) -> None:
         scripts = policy.split("script-src ")[1].split(";")[0]
         assert "'unsafe-inline'" not in scripts and "'unsafe-eval'" not in scripts
         assert ("'unsafe-inline'" in policy) is inline_styles
-    if not CHROMIUM.exists():
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(f"REQUIRE_BROWSER=1 but {CHROMIUM} is not installed")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    chromium_or_skip()
     from playwright.sync_api import sync_playwright
-
-    from tests.test_browser import CHROMIUM_ARGS
 
     # Every violation the page reports, whether or not it shows on the console.
     listen = (

@@ -18,13 +18,18 @@ from app.db import Database, make_engine
 from app.main import create_app
 from app.resources import PROJECTS
 from app.services import records, tabular
-from tests.helpers import API, make_chain, make_enterprise, make_park, post, problem
-from tests.test_exchange import (
+from tests.helpers import (
+    API,
     PROJECT_HEADERS,
     changes_after,
     csv_rows,
     export,
     last_seq,
+    make_chain,
+    make_enterprise,
+    make_park,
+    post,
+    problem,
     to_csv,
     upload,
 )
@@ -295,8 +300,8 @@ def capped(settings: Settings, tokens: dict[str, str]) -> Iterator[TestClient]:
     """The app with a 3 MiB import cap (and the usual 1 MiB for everything else)."""
     small = settings.model_copy(update={"import_max_body_bytes": 3 * 2**20})
     assert small.max_body_bytes == 2**20
-    with TestClient(create_app(small)) as test_client:
-        test_client.headers["Authorization"] = f"Bearer {tokens['admin']}"
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    with TestClient(create_app(small), headers=admin) as test_client:
         yield test_client
 
 

@@ -4,37 +4,42 @@ with a small problem+json naming the bound and the setting that raises it, while
 keeps its memory and keeps answering; a large valid import does not hold up other requests;
 and each bound is a setting, for the API and the command line alike."""
 
-import csv
 import io
 import os
 import struct
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
-from zipfile import ZIP_DEFLATED, ZipFile
+from zipfile import ZipFile
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from openpyxl import Workbook
 
 from app.config import PROJECT_DIR
 from tests.conftest import DatabaseFactory
-from tests.helpers import API, make_park, problem
+from tests.helpers import (
+    API,
+    IMPORT_HEADER,
+    MAIN_NS,
+    inline,
+    make_park,
+    probing,
+    problem,
+    sheet,
+    to_csv,
+    upload,
+    xlsx,
+)
 from tests.servers import rss_kib, server
-from tests.test_exchange import upload
 
 MIB = 2**20
-HEADER = ["项目名称", "园区编号", "阶段"]
-MAIN_NS = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 SMALL_ANSWER = 64 * 1024
 MAX_GROWTH_KIB = 256 * 1024
 MAX_LATENCY = 1.0  # seconds a /healthz may take while an import runs
@@ -43,27 +48,12 @@ MAX_LATENCY = 1.0  # seconds a /healthz may take while an import runs
 # ---------------------------------------------------------------- files
 
 
-def to_csv(rows: Iterable[list[str]]) -> bytes:
-    out = io.StringIO()
-    csv.writer(out).writerows(rows)
-    return out.getvalue().encode("utf-8-sig")
-
-
 def projects_csv(park_id: int, rows: int, extra: list[str] | None = None) -> bytes:
     """`rows` new projects in the three columns an import needs (plus `extra` empty ones)."""
     padding = extra or []
-    lines = [HEADER + padding]
+    lines = [IMPORT_HEADER + padding]
     lines += [[f"项目{i}", str(park_id), "谋划"] + [""] * len(padding) for i in range(rows)]
     return to_csv(lines)
-
-
-def inline(ref: str, text: str) -> bytes:
-    return f'<c r="{ref}" t="inlineStr"><is><t>{escape(text)}</t></is></c>'.encode()
-
-
-def header_row() -> bytes:
-    cells = b"".join(inline(f"{col}1", text) for col, text in zip("ABC", HEADER, strict=True))
-    return b'<row r="1">' + cells + b"</row>"
 
 
 def data_rows(park_id: int, rows: int) -> Iterator[bytes]:
@@ -75,56 +65,6 @@ def data_rows(park_id: int, rows: int) -> Iterator[bytes]:
             + inline(f"C{i}", "谋划")
             + b"</row>"
         )
-
-
-def sheet(*body: Iterable[bytes], head: bytes = b"") -> Iterator[bytes]:
-    """A worksheet's XML, its header row first, streamed."""
-    yield f'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="{MAIN_NS}">'.encode()
-    yield head + b"<sheetData>" + header_row()
-    for part in body:
-        yield from part
-    yield b"</sheetData></worksheet>"
-
-
-@cache
-def _base_workbook() -> dict[str, bytes]:
-    """The parts openpyxl writes for an empty sheet called 项目."""
-    workbook = Workbook()
-    workbook.active.title = "项目"
-    out = io.BytesIO()
-    workbook.save(out)
-    with ZipFile(out) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
-
-
-def xlsx(
-    sheet_xml: Iterable[bytes],
-    strings: Iterable[bytes] | None = None,
-    parts: dict[str, bytes] | None = None,
-) -> bytes:
-    """A workbook whose sheet (and shared strings, if given) are streamed into the zip as they
-    are made, deflated: a huge part costs the test its compressed size, not its own."""
-    base = {**_base_workbook(), **(parts or {})}
-    if strings is not None:
-        override = (
-            '<Override PartName="/xl/sharedStrings.xml" ContentType="application/'
-            'vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml" /></Types>'
-        )
-        types = base["[Content_Types].xml"].replace(b"</Types>", override.encode())
-        base["[Content_Types].xml"] = types
-    streamed = {"xl/worksheets/sheet1.xml": sheet_xml}
-    if strings is not None:
-        streamed["xl/sharedStrings.xml"] = strings
-    out = io.BytesIO()
-    with ZipFile(out, "w", ZIP_DEFLATED) as archive:
-        for name, content in base.items():
-            if name not in streamed:
-                archive.writestr(name, content)
-        for name, chunks in streamed.items():
-            with archive.open(name, "w") as member:
-                for chunk in chunks:
-                    member.write(chunk)
-    return out.getvalue()
 
 
 def repeated(piece: bytes, total: int) -> Iterator[bytes]:
@@ -178,7 +118,7 @@ def bombs() -> dict[str, tuple[str, bytes, str]]:
         # 60 MB: within the upload's own cap (IMPORT_MAX_BODY_BYTES, 64 MiB)
         "60 MB CSV cell": (
             "big.csv",
-            ",".join(HEADER).encode() + b"\r\n" + b"x" * 60 * MIB + b",1,1\r\n",
+            ",".join(IMPORT_HEADER).encode() + b"\r\n" + b"x" * 60 * MIB + b",1,1\r\n",
             "IMPORT_MAX_CELL_CHARS",
         ),
         "4M blank rows": ("blank.xlsx", blank_rows, "IMPORT_MAX_ROWS"),
@@ -206,47 +146,6 @@ def _status_kib(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {key}")
-
-
-@dataclass
-class Probe:
-    """Asks /healthz every 20 ms while it runs: the slowest answer, and any that failed."""
-
-    base: str
-    latencies: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=10) as http:
-            while True:  # at least once, however quick the import
-                sent = time.monotonic()
-                try:
-                    answer = http.get("/healthz")
-                    if answer.status_code != 200:
-                        self.failures.append(str(answer.status_code))
-                except httpx.TransportError as exc:
-                    self.failures.append(repr(exc))
-                self.latencies.append(time.monotonic() - sent)
-                if self.done.wait(0.02):
-                    return
-
-    @property
-    def slowest(self) -> float:
-        return max(self.latencies)
-
-
-@contextmanager
-def probing(base: str) -> Iterator[Probe]:
-    probe = Probe(base)
-    thread = threading.Thread(target=probe.run, daemon=True)
-    thread.start()
-    try:
-        yield probe
-    finally:
-        probe.done.set()
-        thread.join()
-    assert probe.latencies and not probe.failures, probe.failures
 
 
 @dataclass
@@ -361,7 +260,7 @@ def test_a_100k_row_import_keeps_the_server_answering(
 
 def _limited_files(park_id: int) -> dict[str, tuple[str, bytes]]:
     """A file just beyond each default bound (or within it), by the setting it meets."""
-    long_cell = to_csv([[*HEADER, "园区名称"], ["长", str(park_id), "谋划", "长" * 35_000]])
+    long_cell = to_csv([[*IMPORT_HEADER, "园区名称"], ["长", str(park_id), "谋划", "长" * 35_000]])
     return {
         "IMPORT_MAX_COLUMNS": ("wide.csv", projects_csv(park_id, 2, extra=[""] * 67)),
         "IMPORT_MAX_CELL_CHARS": ("long.csv", long_cell),
@@ -437,7 +336,7 @@ def test_a_report_lists_the_first_problems_counts_them_all_and_quotes_little(
 ) -> None:
     park = make_park(client)
     rows = [[f"项目{i}", str(park["id"]), "挖坑" * 100] for i in range(300)]
-    content = to_csv([[*HEADER, "颜" * 10_000], *rows])
+    content = to_csv([[*IMPORT_HEADER, "颜" * 10_000], *rows])
     report = upload(client, content, dry_run=True).json()
     assert report["error_count"] == 301
     assert report["error_columns"] == {"阶段": 300, "颜" * 50 + "…": 1}
@@ -454,7 +353,7 @@ def test_a_report_lists_the_first_problems_counts_them_all_and_quotes_little(
     assert len(failed["errors"]) == 100 and failed["report"]["error_count"] == 301
     assert client.get(f"{API}/projects").json()["items"] == []
     # Ten times the rows, the same answer but for the counts.
-    tenfold = upload(client, to_csv([[*HEADER, "颜" * 10_000], *rows * 10]))
+    tenfold = upload(client, to_csv([[*IMPORT_HEADER, "颜" * 10_000], *rows * 10]))
     assert problem(tenfold, 422)["report"]["error_count"] == 3001
     assert abs(len(tenfold.content) - len(answer.content)) < 100
 
@@ -481,7 +380,7 @@ def test_a_long_csv_cell_is_refused_naming_the_cell_bound(client: TestClient, le
     """Python's csv module refuses fields over 131072 characters on its own (a process-wide
     setting left alone): such a cell is refused like any cell over IMPORT_MAX_CELL_CHARS."""
     park = make_park(client)
-    content = to_csv([[*HEADER, "备注"], ["项目", str(park["id"]), "谋划", "长" * length]])
+    content = to_csv([[*IMPORT_HEADER, "备注"], ["项目", str(park["id"]), "谋划", "长" * length]])
     body = problem(upload(client, content, dry_run=True), 422)
     assert "IMPORT_MAX_CELL_CHARS" in body["detail"] and "第 2 行" in body["detail"]
     assert body["limits"] == [{"setting": "IMPORT_MAX_CELL_CHARS", "max": 32767}]

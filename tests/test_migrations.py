@@ -7,6 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
+from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
 
@@ -69,28 +70,157 @@ def test_upgrade_check_downgrade_upgrade(db_factory: DatabaseFactory) -> None:
             ready = client.get("/readyz")
             assert ready.status_code == 200, ready.text
             assert ready.json()["schema"] == head
-            listed = client.get(f"{API}/parks", params={"limit": 1})
-            assert listed.status_code in (200, 401), listed.text
+            anonymous = client.get(f"{API}/parks", params={"limit": 1})
+            assert anonymous.status_code == 401, anonymous.text  # no credentials, no reads
+            login = client.post(
+                f"{API}/auth/token",
+                data={"username": "admin", "password": "admin-password-for-tests"},
+            )
+            assert login.status_code == 200, login.text
+            token = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            listed = client.get(f"{API}/parks", params={"limit": 1}, headers=token)
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["items"] == []
+            made = client.post(
+                f"{API}/parks", json={"name": "园区", "level": "other"}, headers=token
+            )
+            assert made.status_code == 201, made.text
     finally:
         db_factory.drop(url)
 
 
+def _schema_of(conn: Any) -> dict[str, Any]:
+    """Everything SQLAlchemy's inspector reads of the schema, table by table: each column's
+    type, nullability, default and identity, the primary key, indexes, unique, foreign-key and
+    check constraints (and PostgreSQL's enum types). The bookkeeping table `alembic_version`
+    is left out: it exists at base only once a migration has run."""
+    insp = inspect(conn)
+    dialect = conn.dialect
+
+    def listed(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return sorted(items, key=repr)
+
+    columns = insp.get_multi_columns()
+    keys = insp.get_multi_pk_constraint()
+    indexes = insp.get_multi_indexes()
+    uniques = insp.get_multi_unique_constraints()
+    foreign = insp.get_multi_foreign_keys()
+    checks = insp.get_multi_check_constraints()
+    schema: dict[str, Any] = {}
+    for key in columns:
+        if key[1] == "alembic_version":
+            continue
+        schema[key[1]] = {
+            "columns": {
+                c["name"]: {
+                    "type": c["type"].compile(dialect=dialect),
+                    "nullable": c["nullable"],
+                    "default": c.get("default"),
+                    "autoincrement": c.get("autoincrement"),
+                    "identity": c.get("identity"),
+                    "computed": c.get("computed"),
+                }
+                for c in columns[key]
+            },
+            "primary_key": keys.get(key),
+            "indexes": listed(indexes.get(key, [])),
+            "unique": listed(uniques.get(key, [])),
+            "foreign_keys": listed(foreign.get(key, [])),
+            "checks": listed(checks.get(key, [])),
+        }
+    if hasattr(insp, "get_enums"):  # PostgreSQL's own types outlive the tables that used them
+        schema["(enum types)"] = listed(insp.get_enums())
+    return schema
+
+
+async def _schema(url: str) -> dict[str, Any]:
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as conn:
+            return dict(await conn.run_sync(_schema_of))
+    finally:
+        await engine.dispose()
+
+
+def schema(url: str) -> dict[str, Any]:
+    return asyncio.run(_schema(url))
+
+
+def schema_differences(expected: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
+    """Per table and part, what differs: (expected, got)."""
+    differences: dict[str, Any] = {}
+    for table in sorted(set(expected) | set(got)):
+        want, have = expected.get(table), got.get(table)
+        if want == have:
+            continue
+        if not isinstance(want, dict) or not isinstance(have, dict):
+            differences[table] = (want, have)
+            continue
+        differences[table] = {
+            part: _part_differences(want.get(part), have.get(part))
+            for part in sorted(set(want) | set(have))
+            if want.get(part) != have.get(part)
+        }
+    return differences
+
+
+def _part_differences(want: Any, have: Any) -> Any:
+    """A list of indexes or constraints as what is missing and what is extra; columns by name."""
+    if isinstance(want, list) and isinstance(have, list):
+        return {
+            "missing": [item for item in want if item not in have],
+            "extra": [item for item in have if item not in want],
+        }
+    if isinstance(want, dict) and isinstance(have, dict) and part_is_columns(want, have):
+        return {
+            name: (want.get(name), have.get(name))
+            for name in sorted(set(want) | set(have))
+            if want.get(name) != have.get(name)
+        }
+    return (want, have)
+
+
+def part_is_columns(want: dict[str, Any], have: dict[str, Any]) -> bool:
+    return all(isinstance(v, dict) and "nullable" in v for v in (*want.values(), *have.values()))
+
+
+def _below(script: ScriptDirectory, revision: str) -> str | None:
+    """The revision a step down from `revision` lands on (the history is one line)."""
+    found = script.get_revision(revision)
+    assert found is not None and not isinstance(found.down_revision, (list, tuple))
+    return found.down_revision
+
+
 def test_every_revision_steps_down_and_up(db_factory: DatabaseFactory) -> None:
-    """Each migration's downgrade undoes exactly its own upgrade, one step at a time."""
+    """Each migration's downgrade undoes exactly its own upgrade, one step at a time: after
+    each step down the whole schema is the one recorded after the step up to that revision."""
     url = db_factory.empty()
     try:
-        migrate.upgrade(url)
-        at_head = tables_and_revision(url)
         cfg = migrate.alembic_config(url)
-        steps = 0
-        while tables_and_revision(url)[1] is not None:
+        script = ScriptDirectory.from_config(cfg)
+        revisions = [r.revision for r in reversed(list(script.walk_revisions()))]  # base first
+        assert revisions[-1] == migrate.head_revision() and len(revisions) < 100
+        after: dict[str | None, dict[str, Any]] = {None: schema(url)}
+        assert after[None] == {} or set(after[None]) == {"(enum types)"}, after[None]
+        for revision in revisions:
+            command.upgrade(cfg, revision)
+            assert tables_and_revision(url)[1] == revision
+            after[revision] = schema(url)
+            assert after[revision] != after[_below(script, revision)], (
+                f"upgrade to {revision} changed nothing in the schema"
+            )
+        assert set(after[revisions[-1]]) >= REGISTRY_TABLES
+        for revision in reversed(revisions):
+            below = _below(script, revision)
             command.downgrade(cfg, "-1")
-            steps += 1
-            assert steps < 100
-        assert tables_and_revision(url)[0] <= {"alembic_version"}
-        for _ in range(steps):
-            command.upgrade(cfg, "+1")
-        assert tables_and_revision(url) == at_head
+            assert tables_and_revision(url)[1] == below
+            differences = schema_differences(after[below], schema(url))
+            assert not differences, (
+                f"the downgrade of {revision} does not leave the schema of {below}: {differences}"
+            )
+        command.upgrade(cfg, "head")
+        differences = schema_differences(after[revisions[-1]], schema(url))
+        assert not differences, f"head again differs from head the first time: {differences}"
         command.check(cfg)
     finally:
         db_factory.drop(url)

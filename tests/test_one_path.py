@@ -11,6 +11,7 @@
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -64,9 +65,10 @@ def _one_of_each(client: TestClient) -> dict[str, dict[str, Any]]:
 def test_created_after_filters_every_resource(client: TestClient) -> None:
     """`created_after` is one field on `ListParams`; every resource's list honours it."""
     before = _one_of_each(client)
-    time.sleep(0.01)
-    cut = datetime.now(UTC).isoformat()
-    time.sleep(0.01)
+    # The cut is the last creation time of the first records; the second are made once the
+    # clock (the app's own: it runs in this process) has moved past it.
+    cut = max((record["created_at"] for record in before.values()), key=datetime.fromisoformat)
+    _wait_until_past(datetime.fromisoformat(cut))
     after = _one_of_each_again(client, before)
     for spec in ALL:
         listed = client.get(f"{API}/{spec.name}", params={"created_after": cut, "limit": 500})
@@ -78,6 +80,13 @@ def test_created_after_filters_every_resource(client: TestClient) -> None:
     refused = client.get(f"{API}/projects", params={"created_after": "yesterday"})
     assert refused.status_code == 422
     assert refused.json()["field"] == "created_after"
+
+
+def _wait_until_past(moment: datetime, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while datetime.now(UTC) <= moment:
+        assert time.monotonic() < deadline, f"the clock did not pass {moment} in {seconds} s"
+        time.sleep(0.001)
 
 
 def _one_of_each_again(client: TestClient, first: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -225,70 +234,108 @@ def test_a_key_taken_by_a_concurrent_writer_is_a_conflict(
 ) -> None:
     """The pre-check passes while another transaction holds the same external_id uncommitted;
     the INSERT then waits for it, and fails when it commits: 409, not 500, and the loser
-    leaves nothing behind."""
+    leaves nothing behind. The test sees the API's INSERT blocked on the other transaction
+    (PostgreSQL's own view of it) before it lets that transaction commit, and the answer is
+    the race's conflict, not the pre-check's."""
     if db_factory.engine != "postgresql":
         pytest.skip("SQLite writers take the database lock up front: no such race")
     body = {"name": "并发园区", "level": "provincial", "external_id": "race"}
+    holder_pid: list[int] = []
     holder_ready, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
 
     def hold() -> None:
         async def go() -> None:
             conn = await asyncpg.connect(database_url)
             try:
+                holder_pid.append(await conn.fetchval("SELECT pg_backend_pid()"))
                 await conn.execute("BEGIN")
                 await conn.execute(
                     "INSERT INTO park (external_id, version, created_at, updated_at, name,"
                     " level) VALUES ('race', 1, now(), now(), '抢先', 'provincial')"
                 )
                 holder_ready.set()
-                await asyncio.to_thread(release.wait, 10)
-                await conn.execute("COMMIT")
+                released = await asyncio.to_thread(release.wait, 30)
+                await conn.execute("COMMIT" if released else "ROLLBACK")
             finally:
                 await conn.close()
 
-        asyncio.run(go())
+        try:
+            asyncio.run(go())
+        except BaseException as exc:  # reported by the test, not lost with the thread
+            failures.append(exc)
+            holder_ready.set()
 
     holder = threading.Thread(target=hold)
     holder.start()
-    assert holder_ready.wait(10)
+    assert holder_ready.wait(30), "the holding transaction did not insert its row in 30 s"
+    assert not failures, f"the holding transaction failed: {failures[0]!r}"
     result: dict[str, Any] = {}
     writer = threading.Thread(
         target=lambda: result.update(r=client.post(f"{API}/parks", json=body))
     )
     writer.start()
-    waited = _wait_for_lock_waiter(database_url)
-    release.set()
-    holder.join(10)
-    writer.join(10)
-    assert waited, "the write never waited on the other transaction's row: no race happened"
+    try:
+        blocked = _wait_for_blocked_by(database_url, holder_pid[0], lambda: "r" in result)
+    finally:
+        release.set()
+        holder.join(30)
+        writer.join(30)
+    assert not holder.is_alive(), "the holding transaction did not commit within 30 s"
+    assert not writer.is_alive(), "the API's write did not answer within 30 s of the commit"
+    assert not failures, f"the holding transaction failed: {failures[0]!r}"
+    # What PostgreSQL showed while the API's request was still running: its INSERT of the
+    # park waiting for the holding transaction to end (a row lock on a transaction id), not
+    # a wait for anything else, and not an answer from the pre-check.
+    assert blocked["wait_event_type"] == "Lock", blocked
+    assert blocked["wait_event"] == "transactionid", blocked
+    assert blocked["query"].lstrip().upper().startswith("INSERT INTO PARK"), blocked
+    assert "r" in result, "the API's write raised instead of answering (traceback above)"
     response = result["r"]
     assert response.status_code == 409, response.text
     assert response.headers["content-type"] == "application/problem+json"
+    # The race's own conflict (`records._conflict`), not the pre-check's "already has".
+    assert "written at the same time" in response.json()["detail"], response.text
     parks = client.get(f"{API}/parks", params={"limit": 500}).json()["items"]
     assert [p["name"] for p in parks if p["external_id"] == "race"] == ["抢先"]
     assert not [p for p in parks if p["name"] == body["name"]]
 
 
-def _wait_for_lock_waiter(database_url: str, seconds: float = 10) -> bool:
-    """Whether a session of this database came to wait on a lock within `seconds`."""
+def _wait_for_blocked_by(
+    database_url: str, holder: int, answered: Callable[[], bool], seconds: float = 30
+) -> dict[str, Any]:
+    """The session of this database that PostgreSQL shows blocked by backend `holder`
+    (`pg_blocking_pids`), with what it waits on and runs, once one is; fails if the request
+    answers first or none is blocked within `seconds`."""
 
-    async def waiting() -> int:
+    async def blocked(conn: asyncpg.Connection) -> dict[str, Any] | None:
+        row = await conn.fetchrow(
+            "SELECT pid, wait_event_type, wait_event, query FROM pg_stat_activity"
+            " WHERE datname = current_database() AND $1 = ANY(pg_blocking_pids(pid))",
+            holder,
+        )
+        return None if row is None else dict(row)
+
+    async def poll() -> dict[str, Any]:
         conn = await asyncpg.connect(database_url)
         try:
-            found: int = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                found = await blocked(conn)
+                if found is not None:
+                    return found
+                assert not answered(), (
+                    "the API answered before any statement of it waited on the transaction"
+                    " holding the same external_id: the race did not happen"
+                )
+                await asyncio.sleep(0.02)
+            raise AssertionError(
+                f"no session was blocked by the transaction holding the key within {seconds} s"
             )
-            return found
         finally:
             await conn.close()
 
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if asyncio.run(waiting()):
-            return True
-        time.sleep(0.05)
-    return False
+    return asyncio.run(poll())
 
 
 def test_a_read_that_needs_sqlalchemy_swaps_its_connection_rather_than_taking_a_second(

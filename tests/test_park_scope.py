@@ -34,7 +34,8 @@ def bearer(token: str) -> dict[str, str]:
 
 @dataclass
 class World:
-    client: TestClient
+    client: TestClient  # the admin's
+    anon: TestClient  # no credentials
     ids: dict[str, dict[str, int]] = field(default_factory=dict)  # park → resource → id
     callers: dict[str, dict[str, str]] = field(default_factory=dict)  # name → headers
     parks: dict[str, int] = field(default_factory=dict)
@@ -78,8 +79,8 @@ def _login(client: TestClient, username: str, password: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def world(client: TestClient, tokens: dict[str, str]) -> World:
-    w = World(client)
+def world(client: TestClient, anon: TestClient, tokens: dict[str, str]) -> World:
+    w = World(client, anon)
     source = client.post(f"{API}/sources", json={"title": "大众日报 2021-03-29"})
     assert source.status_code == 201, source.text
     w.ids["A"] = _records(client, "A", SECRET_A)
@@ -122,8 +123,8 @@ UNSCOPED = ("viewer", "editor", "admin")
 
 
 def _get(w: World, caller: str, url: str, **params: Any) -> Any:
-    if caller == "anonymous":  # the fixture's client holds the admin's token by default
-        return TestClient(w.client.app).get(url, params=params)
+    if caller == "anonymous":
+        return w.anon.get(url, params=params)
     return w.client.get(url, params=params, headers=w.callers[caller])
 
 
@@ -560,7 +561,7 @@ def test_a_park_a_mirror_holds_exactly_park_a_while_both_parks_are_written(
             while time.monotonic() < deadline:
                 if asyncio.run(_live_rows(mirror_url, None)) == expected:
                     break
-                assert follower.poll() is None, follower.stderr.read() if follower.stderr else ""
+                assert follower.poll() is None, b"".join(follower.log).decode(errors="replace")
                 time.sleep(0.3)
             assert asyncio.run(_live_rows(mirror_url, None)) == expected
     db_factory.drop(source_url)

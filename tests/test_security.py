@@ -1,22 +1,29 @@
 """Who may do what: the role table, token attacks, rate limits, body limits, audit, no leaks."""
 
+import asyncio
+import http.client
 import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from sqlalchemy import select, update
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
+from app.db import Database, make_engine
 from app.main import create_app
+from app.models.user import AuditAction, AuditEvent
 from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
 from tests.helpers import API, problem, staff_claims
-from tests.servers import rss_kib, server
+from tests.servers import rss_kib, server, serving_pid, wait_for, worker_pids
 
 ADMIN_ONLY = re.compile(r"^/api/v1/(users|tokens|audit)")
 
@@ -337,15 +344,187 @@ def test_a_10_mib_body_gets_413_without_the_server_growing(
                 for i in range(0, len(big), 64 * 1024):
                     yield big[i : i + 64 * 1024]
 
-            try:
-                streamed = http.post(
-                    f"{API}/parks", content=chunks(), headers={"Content-Type": "application/json"}
-                )
-                assert streamed.status_code == 413
-            except httpx.TransportError:
-                pass  # the server may close the connection once it has answered 413
-            assert (
-                http.post(f"{API}/parks", json={"name": "小", "level": "other"}).status_code == 201
+            # Without a length the limit is applied as the body comes: the server answers 413
+            # once it has read past the limit, reads the rest only to drop it, and keeps the
+            # connection for the next request (no transport error is expected, nor accepted).
+            streamed = http.post(
+                f"{API}/parks", content=chunks(), headers={"Content-Type": "application/json"}
             )
+            assert "content-length" not in streamed.request.headers
+            assert streamed.request.headers["transfer-encoding"] == "chunked"
+            assert streamed.status_code == 413, (
+                f"10 MiB sent without a length, answered {streamed.status_code}: {streamed.text[:300]}"
+            )
+            body = problem(streamed, 413)
+            assert body["detail"] == "request body exceeds 1048576 bytes", body
+            small = http.post(f"{API}/parks", json={"name": "小", "level": "other"})
+            assert small.status_code == 201, small.text
         grown_mib = (rss_kib(process.pid) - before) / 1024
         assert grown_mib < 4, f"server grew by {grown_mib:.1f} MiB"
+
+
+# ---------------------------------------------------------------- login limits over time and space
+
+PEER = "x-test-peer"
+
+
+def _from_peer(app: ASGIApp) -> ASGIApp:
+    """The app as clients at many addresses reach it: a request's TCP peer (the address the
+    login limits count by) is the one its `X-Test-Peer` header names."""
+
+    async def reached(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            peer = dict(scope["headers"]).get(PEER.encode())
+            if peer is not None:
+                scope = {**scope, "client": (peer.decode(), 40000)}
+        await app(scope, receive, send)
+
+    return reached
+
+
+def _age_failed_logins(database_url: str, by: timedelta) -> int:
+    """Moves every failed login recorded so far `by` into the past, as if that much time had
+    gone by (the limits' windows are a minute and an hour); how many there were."""
+
+    async def go() -> int:
+        db = Database(make_engine(database_url, pool_size=1))
+        try:
+            async with db.writer() as session:
+                table = AuditEvent.__table__  # type: ignore[attr-defined]
+                failed = table.c.action == AuditAction.login_failed.value
+                rows = (await session.execute(select(table.c.id, table.c.at).where(failed))).all()
+                for row_id, at in rows:
+                    await session.execute(
+                        update(table).where(table.c.id == row_id).values(at=at - by)
+                    )
+                await session.commit()
+                return len(rows)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
+
+
+def test_failures_from_many_addresses_lock_a_user_out_until_the_hour_has_passed(
+    database_url: str,
+) -> None:
+    """LOGIN_FAILURES_PER_USER_PER_HOUR counts a user's failures from every address, each
+    address at most LOGIN_FAILURES_PER_MINUTE of them; over it the user cannot log in from
+    anywhere, with the right password too, until the hour has passed. Time is moved on by
+    moving the recorded failures back."""
+    settings = Settings(
+        database_url=database_url,
+        registry_admin_password=ADMIN_PASSWORD,
+        login_failures_per_minute=2,
+        login_failures_per_user_per_hour=6,
+    )
+    with TestClient(_from_peer(create_app(settings))) as c:
+
+        def attempt(peer: str, password: str, username: str = "editor") -> httpx.Response:
+            form = {"username": username, "password": password}
+            return c.post(f"{API}/auth/token", data=form, headers={PEER: peer})
+
+        # One address: two failures in a minute, then 429, the right password too.
+        for _ in range(2):
+            problem(attempt("10.0.0.1", "wrong"), 401)
+        problem(attempt("10.0.0.1", "editor-password"), 429)
+        # A minute later it may fail twice more; its four failures in the hour count as two.
+        assert _age_failed_logins(database_url, timedelta(minutes=2)) == 2
+        for _ in range(2):
+            problem(attempt("10.0.0.1", "wrong"), 401)
+        problem(attempt("10.0.0.1", "wrong"), 429)
+        for peer in ("10.0.0.2", "10.0.0.2", "10.0.0.3"):
+            problem(attempt(peer, "wrong"), 401)
+        # 7 failures, 5 of them counted: not yet over the hourly limit of 6.
+        assert attempt("10.0.0.9", "editor-password").status_code == 200
+        problem(attempt("10.0.0.3", "wrong"), 401)  # the 6th counted
+        for peer in ("10.0.0.9", "10.0.0.10"):
+            locked = attempt(peer, "editor-password")
+            problem(locked, 429)
+            assert 3500 < int(locked.headers["retry-after"]) <= 3600, locked.headers
+        assert attempt("10.0.0.9", "viewer-password", "viewer").status_code == 200  # per user
+        # 58 minutes on, the six are still within the hour; 3 minutes later they are not.
+        _age_failed_logins(database_url, timedelta(minutes=58))
+        problem(attempt("10.0.0.9", "editor-password"), 429)
+        _age_failed_logins(database_url, timedelta(minutes=3))
+        assert attempt("10.0.0.9", "editor-password").status_code == 200
+        assert attempt("10.0.0.1", "editor-password").status_code == 200
+
+
+@pytest.mark.slow
+def test_login_limits_are_counted_across_the_workers(database_url: str) -> None:
+    """Under `--workers 2` a user's failed logins are counted together, whichever process
+    answered each: failures spread over both workers reach the per-minute limit of an address
+    and the hourly limit of the user, and both workers then answer 429."""
+    env = {
+        "TRUSTED_PROXIES": '["127.0.0.1"]',  # so that X-Forwarded-For names each client
+        "LOGIN_FAILURES_PER_MINUTE": "2",
+        "LOGIN_FAILURES_PER_USER_PER_HOUR": "6",
+    }
+    with server(database_url, workers=2, **env) as (base, process):
+        port = int(base.rsplit(":", 1)[1])
+        pids = wait_for(
+            lambda: found if len(found := worker_pids(process.pid)) == 2 else None,
+            30,
+            "the supervisor starting two workers",
+        )
+        # One kept-alive connection to each worker, told apart by the kernel's socket table
+        # (new connections go to whichever worker accepts first: until both have, try again).
+        connections: dict[int, http.client.HTTPConnection] = {}
+
+        def one_more_worker() -> bool:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read()
+            worker = serving_pid(conn.sock, pids)
+            if worker is None or worker in connections:
+                conn.close()
+            else:
+                connections[worker] = conn
+            return len(connections) == 2
+
+        try:
+            wait_for(one_more_worker, 60, "a connection accepted by each of the two workers")
+            first, second = connections.values()
+
+            def attempt(
+                conn: http.client.HTTPConnection, address: str, password: str
+            ) -> tuple[int, str | None]:
+                form = urlencode({"username": "editor", "password": password})
+                headers = {
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "X-Forwarded-For": address,
+                }
+                conn.request("POST", f"{API}/auth/token", body=form, headers=headers)
+                answer = conn.getresponse()
+                answer.read()
+                return answer.status, answer.getheader("retry-after")
+
+            def expect(
+                conn: http.client.HTTPConnection, address: str, password: str, status: int, why: str
+            ) -> str | None:
+                got, retry = attempt(conn, address, password)
+                worker = "first" if conn is first else "second"
+                assert got == status, f"{why}: {address} on the {worker} worker got {got}"
+                return retry
+
+            # One address, one failure on each worker: the minute's limit of 2 is reached.
+            expect(first, "10.1.0.1", "wrong", 401, "the 1st failure")
+            expect(second, "10.1.0.1", "wrong", 401, "the 2nd failure")
+            expect(first, "10.1.0.1", "wrong", 429, "over the minute's 2 (1 on each worker)")
+            expect(second, "10.1.0.1", "editor-password", 429, "over the minute's 2")
+            # Two more addresses, their failures spread over both: the hour's limit of 6.
+            expect(second, "10.1.0.2", "wrong", 401, "the 3rd failure in the hour")
+            expect(first, "10.1.0.2", "wrong", 401, "the 4th failure in the hour")
+            expect(first, "10.1.0.9", "editor-password", 200, "4 of the hour's 6")
+            expect(second, "10.1.0.9", "editor-password", 200, "4 of the hour's 6")
+            expect(first, "10.1.0.3", "wrong", 401, "the 5th failure in the hour")
+            expect(second, "10.1.0.3", "wrong", 401, "the 6th failure in the hour")
+            for conn in (first, second):
+                retry = expect(conn, "10.1.0.9", "editor-password", 429, "the hour's 6 reached")
+                assert retry is not None and int(retry) > 60, retry
+            # Each connection was answered by the same worker throughout.
+            assert {serving_pid(c.sock, pids) for c in (first, second)} == set(connections)
+        finally:
+            for conn in connections.values():
+                conn.close()

@@ -1,8 +1,6 @@
 """The seed data: traceable to the article, loaded idempotently, and counted by the targets."""
 
-import asyncio
 import importlib.util
-import io
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -11,10 +9,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from app import seed
 from app.config import PROJECT_DIR
-from app.db import Database, make_engine
-from tests.helpers import API, post
+from tests.helpers import API, post, run_seed
 
 SEED_FILE = PROJECT_DIR / "seeds" / "zaozhuang.yaml"
 ARTICLE = PROJECT_DIR / "seeds" / "source" / "000_4f659c39924bd0b0.txt"
@@ -27,30 +23,6 @@ def article_text() -> str:
             "the provenance of the seed data cannot be checked without it"
         )
     return re.sub(r"\s+", "", ARTICLE.read_text(encoding="utf-8"))
-
-
-def run_seed(url: str, check: bool = False) -> tuple[int, str]:
-    async def go() -> tuple[int, str]:
-        db = Database(make_engine(url, pool_size=2, max_overflow=0))
-        out = io.StringIO()
-        try:
-            return await seed.run(db, check=check, out=out), out.getvalue()
-        finally:
-            await db.dispose()
-
-    return asyncio.run(go())
-
-
-def run_seed_forced(url: str) -> tuple[int, str]:
-    async def go() -> tuple[int, str]:
-        db = Database(make_engine(url, pool_size=2, max_overflow=0))
-        out = io.StringIO()
-        try:
-            return await seed.run(db, force=True, out=out), out.getvalue()
-        finally:
-            await db.dispose()
-
-    return asyncio.run(go())
 
 
 @pytest.fixture
@@ -510,7 +482,7 @@ def test_the_loader_is_idempotent_and_check_reports_drift(
     assert "0 updated, 32 unchanged, 1 kept as staff changed them" in out, out
     assert client.get(f"{API}/projects/{lunan['id']}").json()["stage"] == "under_construction"
     # ... unless told to overwrite it.
-    _, out = run_seed_forced(database_url)
+    _, out = run_seed(database_url, force=True)
     assert "1 updated" in out, out
     assert client.get(f"{API}/projects/{lunan['id']}").json()["stage"] == "operating"
 

@@ -4,6 +4,7 @@ clients that stop sending when it does lose no request; then the server stops an
 
 import itertools
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -49,18 +50,26 @@ class Outcome:
     record_id: int | None = None
 
 
-class Balancer(threading.Thread):
-    """Probes `/readyz` as a load balancer does; `out` is set at the first 503, when a balancer
-    stops sending the instance new requests."""
+# What uvicorn logs as its graceful shutdown begins, before it stops listening.
+STOPPING = "Shutting down"
 
-    def __init__(self, base: str) -> None:
+
+class Balancer(threading.Thread):
+    """Probes `/readyz` as a load balancer does, until a probe fails (the server has gone);
+    `out` is set at the first 503, when a balancer stops sending the instance new requests."""
+
+    def __init__(self, base: str, log: Path) -> None:
         super().__init__(daemon=True)
         self.base = base
+        self.log = log
         self.out = threading.Event()
         self.done = threading.Event()
         self.probes: list[tuple[float, int | str]] = []  # (sent at, status or transport error)
         self.answered: list[float] = []  # when each probe's answer came, in the same order
         self.first_503: httpx.Response | None = None
+        # When a probe failed, and whether the server had logged by then that it was stopping.
+        self.failed_at: float | None = None
+        self.stop_logged_by_then: bool | None = None
 
     def run(self) -> None:
         with httpx.Client(base_url=self.base, timeout=5) as http:
@@ -69,8 +78,10 @@ class Balancer(threading.Thread):
                 try:
                     answer = http.get("/readyz")
                 except httpx.TransportError as exc:  # after the drain: the server has gone
+                    self.failed_at = time.monotonic()
+                    self.stop_logged_by_then = STOPPING in self.log.read_text()
                     self.probes.append((sent, repr(exc)))
-                    self.answered.append(time.monotonic())
+                    self.answered.append(self.failed_at)
                     return
                 self.probes.append((sent, answer.status_code))
                 self.answered.append(time.monotonic())
@@ -146,7 +157,7 @@ def _drain_under_load(
         batch = idle.post(f"{API}/projects/batch", json={"items": projects})
         assert batch.status_code == 200, batch.text[:300]
 
-        balancer = Balancer(base)
+        balancer = Balancer(base, log)
         load = [Client(base, token, kind, fresh, balancer.out) for kind, fresh in clients]
         for thread in [balancer, *load]:
             thread.start()
@@ -158,15 +169,39 @@ def _drain_under_load(
             )
             sigterm = time.monotonic()
             process.send_signal(signal.SIGTERM)
-            assert balancer.out.wait(DRAIN_SECONDS), "no 503 from /readyz during the drain"
+            poll(
+                lambda: log.read_text().count("Draining for") == workers,
+                30,
+                f"each of the {workers} serving process(es) logging that it drains",
+            )
+            poll(
+                lambda: balancer.out.is_set() or not balancer.is_alive(),
+                30,
+                "a 503 from /readyz, or the balancer finding the server gone",
+            )
+            assert balancer.out.is_set(), (
+                f"no 503 from /readyz before the server had gone: {balancer.probes[-5:]}"
+            )
             out = time.monotonic()
             # Requests a balancer had already sent this way are still served: on the connection
             # kept alive from before, and on a new one.
             late = [send(idle, "one", f"late-{i}") for i in range(2)]
             with httpx.Client(base_url=base, headers=auth(token), timeout=60) as http:
                 late.append(send(http, "list", "late-list"))
-            exit_code = process.wait(timeout=DRAIN_SECONDS + shutdown.GRACEFUL_TIMEOUT_SECONDS + 5)
+            limit = DRAIN_SECONDS + shutdown.GRACEFUL_TIMEOUT_SECONDS + 5
+            try:
+                exit_code = process.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(
+                    f"the server did not exit within {limit} s of SIGTERM"
+                ) from None
             stopped = time.monotonic() - sigterm
+            # The balancer probes on until a probe fails: the server has stopped listening.
+            poll(
+                lambda: not balancer.is_alive(),
+                30,
+                "a /readyz probe failing once the server had exited",
+            )
         finally:
             balancer.out.set()
             balancer.done.set()
@@ -184,25 +219,32 @@ def _drain_under_load(
         s for (_, s), a in zip(balancer.probes, balancer.answered, strict=True) if a < sigterm
     ]
     after = [(t - sigterm, s) for t, s in balancer.probes if t > sigterm]
-    first_503 = min(t for t, s in after if s == 503)
+    first_503 = min(t for t, s in balancer.probes if s == 503) - sigterm
+    assert balancer.failed_at is not None
+    last_answer = balancer.failed_at - sigterm
     print(
         f"\nSIGTERM ({db_factory.engine}, {workers} worker(s)): {len(outcomes)} requests, "
         f"{len(in_flight)} in flight at the signal, {len(after_sigterm)} sent after it, "
-        f"{len(failed)} failed; /readyz 503 {first_503:.2f} s after the signal; "
-        f"exit {exit_code} after {stopped:.2f} s"
+        f"{len(failed)} failed; /readyz 503 {first_503:.2f} s after the signal, and a probe "
+        f"failed {last_answer:.2f} s after it; exit {exit_code} after {stopped:.2f} s"
     )
     assert failed == [], failed[:5]
     assert in_flight, "the signal should come with requests in flight"
-    assert all(o.started > out for o in late)
-    # The balancer: 200 until the signal; then 503 within the drain, and nothing but 503 until
-    # the server stopped listening, which it did not do before the drain was over.
+    # The 503 came while the server still served: requests sent after it were answered.
+    assert late and all(o.started > out for o in late)
+    # The balancer: 200 until the signal; then 503, and nothing but 503 until the server stopped
+    # listening: every probe was answered up to the last, which failed only once the server had
+    # logged that it was stopping, and not before the drain was over.
     assert before and all(s == 200 for s in before)
-    assert first_503 < DRAIN_SECONDS and first_503 < stopped
     answered = [(t, s) for t, s in after if isinstance(s, int)]
     assert all(s == 503 for t, s in answered if t >= first_503), after
-    # (A probe sent as the drain ends may meet the stop; the balancer has taken the instance out.)
-    assert all(isinstance(s, int) for t, s in after if t < DRAIN_SECONDS - PROBE_EVERY_SECONDS)
-    assert any(t >= DRAIN_SECONDS / 2 for t, s in answered), after
+    assert all(isinstance(s, int) for _, s in balancer.probes[:-1]), balancer.probes
+    assert balancer.stop_logged_by_then, (
+        f"a /readyz probe failed before the server logged {STOPPING!r}: {balancer.probes[-1]}"
+    )
+    assert last_answer >= DRAIN_SECONDS, (
+        f"the server stopped listening {last_answer:.2f} s after SIGTERM"
+    )
     assert balancer.first_503 is not None
     problem = balancer.first_503
     assert problem.headers["content-type"].startswith("application/problem+json")

@@ -2,16 +2,25 @@
 and a mirror that follows it."""
 
 import asyncio
+import csv
+import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+from sqlmodel import col
 
+from app.db import Database, make_engine
+from app.db_types import utcnow
+from app.idempotency import KEEP
+from app.models.idempotency import IdempotencyKey
 from tests.conftest import DatabaseFactory
 from tests.helpers import API, make_park, make_project, problem
 from tests.servers import mirror, server
@@ -82,13 +91,150 @@ def test_idempotency_key_replays_refuses_other_bodies_and_is_scoped(
         headers={**headers, "Authorization": f"Bearer {tokens['write']}"},
     )
     assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
-    # A refused request is replayed as refused, and never half-applied.
-    bad = {"Idempotency-Key": "k-2"}
-    assert client.post(f"{API}/parks", json={"name": ""}, headers=bad).status_code == 422
-    assert (
-        client.post(f"{API}/parks", json={"name": ""}, headers=bad).headers["idempotent-replayed"]
-        == "true"
-    )
+    # A refused request is replayed as refused, with the same answer, and never half-applied:
+    # a batch whose first item is good and second is not writes nothing, then or on replay.
+    stored, seq = stored_parks(client), feed(client)[-1]["seq"]
+    requests = [
+        ("parks", {"name": ""}, "k-2"),
+        (
+            "parks/batch",
+            {
+                "items": [
+                    {"op": "create", "data": {"name": "丁", "level": "other"}},
+                    {"op": "create", "data": {"name": "", "level": "other"}},
+                ]
+            },
+            "k-3",
+        ),
+    ]
+    for path, body, key in requests:
+        refused = client.post(f"{API}/{path}", json=body, headers={"Idempotency-Key": key})
+        problem(refused, 422)
+        assert "idempotent-replayed" not in refused.headers
+        assert stored_parks(client) == stored and feed(client, seq) == [], f"{path} wrote"
+        replayed = client.post(f"{API}/{path}", json=body, headers={"Idempotency-Key": key})
+        assert replayed.status_code == 422, replayed.text
+        assert replayed.headers["idempotent-replayed"] == "true"
+        assert replayed.content == refused.content, (path, refused.text, replayed.text)
+        assert replayed.headers["content-type"] == refused.headers["content-type"]
+        assert stored_parks(client) == stored and feed(client, seq) == [], f"{path} replay wrote"
+    assert [e["index"] for e in refused.json()["errors"]] == [1]
+
+
+def stored_parks(client: TestClient) -> list[dict[str, Any]]:
+    """Every park as stored, tombstones too."""
+    answer = client.get(f"{API}/parks", params={"include_deleted": "true", "limit": 500})
+    assert answer.status_code == 200, answer.text
+    return list(answer.json()["items"])
+
+
+def keyed(client: TestClient, path: str, key: str, **request: Any) -> Any:
+    """POST `request` (httpx's arguments) to `path` under `key`."""
+    headers = {**request.pop("headers", {}), "Idempotency-Key": key}
+    return client.post(f"{API}/{path}", headers=headers, **request)
+
+
+def test_idempotency_key_on_batch_and_import(client: TestClient) -> None:
+    """A batch and a spreadsheet import under an Idempotency-Key: the same request again gets
+    the same answer and writes nothing more; another request with the key is refused."""
+    park = make_park(client)
+    projects = f"{API}/projects"
+    batch = {
+        "items": [
+            {"op": "create", "data": {"park_id": park["id"], "name": n, "stage": "planning"}}
+            for n in ("批一", "批二")
+        ]
+    }
+    header = client.get(f"{projects}/export", params={"format": "csv"})
+    assert header.status_code == 200, header.text
+    columns = next(csv.reader(io.StringIO(header.content.decode("utf-8-sig"))))
+    row = {"项目名称": "导入的项目", "园区编号": str(park["id"]), "阶段": "signed"}
+    table = io.StringIO()
+    csv.writer(table).writerows([columns, [row.get(c, "") for c in columns]])
+    upload = {
+        # A retry sends the same bytes; a fixed boundary makes the multipart body the same.
+        "files": {"file": ("projects.csv", table.getvalue().encode())},
+        "headers": {"Content-Type": "multipart/form-data; boundary=registry-test-boundary"},
+    }
+    cases: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+        ("projects/batch", {"json": batch}, {"json": {"items": batch["items"][:1]}}),
+        ("projects/import", upload, {"params": {"dry_run": "true"}, **upload}),
+    ]
+    for path, request, other in cases:
+        key = f"key-{path}"
+        first = keyed(client, path, key, **request)
+        assert first.status_code == 200, first.text
+        assert "idempotent-replayed" not in first.headers
+        stored = client.get(projects, params={"include_deleted": "true", "limit": 500}).json()
+        seq = feed(client)[-1]["seq"]
+        replay = keyed(client, path, key, **request)
+        assert replay.status_code == 200, replay.text
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert replay.content == first.content
+        refused = keyed(client, path, key, **other)
+        assert "different request" in problem(refused, 422)["detail"]
+        assert feed(client, seq) == [], f"a replay or a refusal of {path} wrote"
+        after = client.get(projects, params={"include_deleted": "true", "limit": 500}).json()
+        assert after == stored, f"a replay or a refusal of {path} wrote"
+    names = [p["name"] for p in client.get(projects, params={"limit": 500}).json()["items"]]
+    assert sorted(names) == sorted(["批一", "批二", "导入的项目"])
+
+
+async def _age_keys(database_url: str, age: timedelta, *keys: str) -> None:
+    """Moves the stored keys' time back to `age` ago, as if that much time had passed."""
+    db = Database(make_engine(database_url, pool_size=1, max_overflow=0))
+    try:
+        async with db.writer() as session:
+            await session.execute(
+                update(IdempotencyKey)
+                .where(col(IdempotencyKey.key).in_(keys))
+                .values(created_at=utcnow() - age)
+            )
+            await session.commit()
+    finally:
+        await db.dispose()
+
+
+async def _stored_keys(database_url: str) -> list[tuple[str, bool]]:
+    db = Database(make_engine(database_url, pool_size=1, max_overflow=0))
+    try:
+        async with db.reader() as session:
+            rows = await session.execute(
+                select(col(IdempotencyKey.key), col(IdempotencyKey.done)).order_by(
+                    col(IdempotencyKey.key)
+                )
+            )
+            return [(key, done) for key, done in rows]
+    finally:
+        await db.dispose()
+
+
+def test_an_idempotency_key_is_kept_for_its_retention_and_then_forgotten(
+    client: TestClient, database_url: str
+) -> None:
+    """Keys are kept at least 24 hours and purged after 48 (`idempotency.KEEP`). Time is moved
+    by moving the stored keys' creation time back, not by waiting."""
+    assert timedelta(hours=24) <= KEEP
+    first = keyed(client, "parks", "old", json={"name": "戊", "level": "other"})
+    assert first.status_code == 201, first.text
+    bystander = keyed(client, "parks", "bystander", json={"name": "庚", "level": "other"})
+    assert bystander.status_code == 201, bystander.text
+    asyncio.run(_age_keys(database_url, KEEP - timedelta(minutes=5), "old", "bystander"))
+    # Just inside the retention: still replayed, still refusing another body.
+    replay = keyed(client, "parks", "old", json={"name": "戊", "level": "other"})
+    assert replay.status_code == 201 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.content == first.content
+    problem(keyed(client, "parks", "old", json={"name": "己", "level": "other"}), 422)
+    assert asyncio.run(_stored_keys(database_url)) == [("bystander", True), ("old", True)]
+    # Past it: the key is forgotten. The same key is a new request (written, not replayed),
+    # and any keyed request purges the other expired keys.
+    asyncio.run(_age_keys(database_url, KEEP + timedelta(minutes=5), "old", "bystander"))
+    again = keyed(client, "parks", "old", json={"name": "己", "level": "other"})
+    assert again.status_code == 201, again.text
+    assert "idempotent-replayed" not in again.headers
+    assert again.json()["id"] != first.json()["id"] and again.json()["name"] == "己"
+    assert asyncio.run(_stored_keys(database_url)) == [("old", True)]
+    assert sorted(p["name"] for p in stored_parks(client)) == ["己", "庚", "戊"]
 
 
 def test_batch_is_all_or_nothing_and_names_every_failing_item(client: TestClient) -> None:
@@ -158,8 +304,13 @@ def test_feed_filters_by_resource_and_lists_catch_up_by_time(client: TestClient)
     ] == ["projects"]
     problem(client.get(f"{API}/changes", params={"resource": "planets"}), 422)
     mark = client.get(f"{API}/projects/{project['id']}").json()["updated_at"]
-    time.sleep(0.01)
-    client.patch(f"{API}/parks/{park['id']}", json={"city": "滕州"})
+    # The app runs in this process, on this clock: once it is past the mark, writes are later.
+    deadline = time.monotonic() + 5
+    while datetime.now(UTC) <= datetime.fromisoformat(mark):
+        assert time.monotonic() < deadline, f"the clock did not pass {mark} in 5 s"
+        time.sleep(0.001)
+    patched = client.patch(f"{API}/parks/{park['id']}", json={"city": "滕州"})
+    assert patched.status_code == 200, patched.text
     newer = client.get(f"{API}/parks", params={"updated_after": mark}).json()["items"]
     assert [p["id"] for p in newer] == [park["id"]]
     assert client.get(f"{API}/projects", params={"updated_after": mark}).json()["items"] == []
@@ -221,22 +372,27 @@ def test_concurrent_writers_poller_and_mirror_on_postgresql(
         park = httpx.post(
             f"{base}{API}/parks", json={"name": "园区", "level": "national"}, headers=auth
         ).json()
-        with mirror(base, tokens["read"], mirror_url):
+        with mirror(base, tokens["read"], mirror_url) as follower:
+            mirror_log = follower.log
             seen: list[int] = []
-            done = threading.Event()
+            poll_failed: list[BaseException] = []
+            done, abandon = threading.Event(), threading.Event()
 
             def poll() -> None:
                 after = 0
-                with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
-                    while True:
-                        finished = done.is_set()
-                        page = http.get(
-                            f"{API}/changes", params={"after": after, "limit": 1000}
-                        ).json()
-                        seen.extend(c["seq"] for c in page["items"])
-                        after = page["last_seq"]
-                        if finished and not page["items"]:
-                            return
+                try:
+                    with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
+                        while not abandon.is_set():
+                            finished = done.is_set()
+                            page = http.get(
+                                f"{API}/changes", params={"after": after, "limit": 1000}
+                            ).json()
+                            seen.extend(c["seq"] for c in page["items"])
+                            after = page["last_seq"]
+                            if finished and not page["items"]:
+                                return
+                except BaseException as exc:  # reported by the test, not lost with the thread
+                    poll_failed.append(exc)
 
             def write(w: int) -> int:
                 failures = 0
@@ -270,6 +426,12 @@ def test_concurrent_writers_poller_and_mirror_on_postgresql(
             finally:
                 done.set()
                 poller.join(timeout=120)
+                abandon.set()  # a poller still reading stops at its next page
+            assert not poller.is_alive(), (
+                f"the feed poller had not read to the end 120 s after the writers finished"
+                f" ({len(seen)} changes read)"
+            )
+            assert not poll_failed, f"the feed poller failed: {poll_failed[0]!r}"
             assert failures == 0
             everything = httpx.get(
                 f"{base}{API}/changes", params={"after": 0, "limit": 1}, headers=auth
@@ -288,11 +450,16 @@ def test_concurrent_writers_poller_and_mirror_on_postgresql(
             assert seen == asyncio.run(all_seqs()), "the poller missed a change"
             assert len(seen) >= 1 + writers * writes_each
             # The mirror catches up and then holds the same rows.
+            expected = asyncio.run(_table_rows(source_url))
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if asyncio.run(_table_rows(source_url)) == asyncio.run(_table_rows(mirror_url)):
-                    break
-                time.sleep(0.5)
-        assert asyncio.run(_table_rows(source_url)) == asyncio.run(_table_rows(mirror_url))
+            while asyncio.run(_table_rows(mirror_url)) != expected:
+                assert follower.poll() is None, (
+                    f"the mirror exited with {follower.returncode}: {b''.join(mirror_log)!r}"
+                )
+                assert time.monotonic() < deadline, (
+                    "the mirror did not hold the source's rows within 60 s; its log:"
+                    f" {b''.join(mirror_log)[-2000:]!r}"
+                )
+                time.sleep(0.2)
     db_factory.drop(source_url)
     db_factory.drop(mirror_url)

@@ -84,29 +84,104 @@ def test_unique_values_conflict_with_409_naming_the_field(client: TestClient) ->
 
 
 def test_investment_writes_move_the_project_headline(client: TestClient) -> None:
+    """Every change of the project's derived figures (total, conflict flag, figures) is a new
+    version of the project, with a feed entry; a write that leaves them as they were is not."""
     park = make_park(client)
     project = make_project(client, park["id"])
     url = f"{API}/projects/{project['id']}"
+    seq = client.get(f"{API}/changes").json()["last_seq"]
+
+    def derived(version: int, total: str | None, conflict: bool) -> None:
+        got = client.get(url)
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert (body["version"], body["total_investment"], body["investment_conflict"]) == (
+            version,
+            total,
+            conflict,
+        ), body
+        assert got.headers["etag"] == f'"{version}"'
+
+    derived(1, None, False)
     inv = post(
         client,
         "investments",
         {"project_id": project["id"], "kind": "reported", "amount": "2", "unit": "亿元"},
     )
-    assert client.get(url).json()["total_investment"] == "200000000.00"
+    assert (inv["amount"], inv["version"]) == ("200000000.00", 1)
+    derived(2, "200000000.00", False)
     planned = post(
         client,
         "investments",
         {"project_id": project["id"], "kind": "planned_total", "amount": "3", "unit": "亿元"},
     )
-    got = client.get(url).json()
-    assert (got["total_investment"], got["investment_conflict"]) == ("300000000.00", True)
-    client.patch(f"{API}/investments/{inv['id']}", json={"amount": "3", "unit": "亿元"})
-    assert client.get(url).json()["investment_conflict"] is False
-    client.delete(f"{API}/investments/{planned['id']}")
-    client.delete(f"{API}/investments/{inv['id']}")
-    got = client.get(url).json()
-    assert (got["total_investment"], got["investment_conflict"]) == (None, False)
-    assert got["version"] > 1  # every change of the derived figures is a new version
+    assert (planned["amount"], planned["version"]) == ("300000000.00", 1)
+    derived(3, "300000000.00", True)
+    patched = client.patch(f"{API}/investments/{inv['id']}", json={"amount": "3", "unit": "亿元"})
+    assert patched.status_code == 200, patched.text
+    assert (patched.json()["id"], patched.json()["amount"], patched.json()["version"]) == (
+        inv["id"],
+        "300000000.00",
+        2,
+    )
+    derived(4, "300000000.00", False)  # the same total, but the conflict is gone
+    gone = client.delete(f"{API}/investments/{planned['id']}")
+    assert (gone.status_code, gone.content) == (204, b""), gone.text
+    derived(4, "300000000.00", False)  # the reported 3亿 is the total now: nothing derived moved
+    gone = client.delete(f"{API}/investments/{inv['id']}")
+    assert (gone.status_code, gone.content) == (204, b""), gone.text
+    derived(5, None, False)
+    for investment in (inv, planned):
+        problem(client.get(f"{API}/investments/{investment['id']}"), 404)
+    entries = client.get(f"{API}/changes", params={"after": seq, "resource": "projects"}).json()
+    assert [(c["id"], c["op"], c["version"]) for c in entries["items"]] == [
+        (project["id"], "update", v) for v in (2, 3, 4, 5)
+    ]
+
+
+def test_the_headline_total_is_the_latest_dated_record_of_the_preferred_kind(
+    client: TestClient,
+) -> None:
+    """The headline `total_investment`: a planned total, else a reported figure; among several
+    of that kind the latest `as_of_date`, an undated record counting as the oldest, and among
+    records of the same date the last entered. `investment_figures` marks that record."""
+    park = make_park(client)
+    project = make_project(client, park["id"])
+    url = f"{API}/projects/{project['id']}"
+
+    def invest(kind: str, yi: str, as_of_date: str | None = None) -> int:
+        body = {"project_id": project["id"], "kind": kind, "amount": yi, "unit": "亿元"}
+        made = post(client, "investments", {**body, "as_of_date": as_of_date})
+        assert made["as_of_date"] == as_of_date, made
+        return int(made["id"])
+
+    def headline(yi: int, record: int) -> None:
+        got = client.get(url).json()
+        assert got["total_investment"] == f"{yi}00000000.00", got
+        figures = got["investment_figures"] or []
+        if figures:  # only while the records disagree; then exactly one is the headline
+            assert [f["investment_id"] for f in figures if f["headline"]] == [record], figures
+
+    undated = invest("reported", "1")
+    headline(1, undated)
+    june = invest("reported", "2", "2024-06-30")
+    headline(2, june)  # a dated record beats an undated one
+    older = invest("reported", "4", "2023-12-31")
+    headline(2, june)  # an older date does not win, though entered later
+    invest("reported", "5")
+    headline(2, june)  # undated counts as the oldest, even when entered last
+    same_day = invest("reported", "6", "2024-06-30")
+    headline(6, same_day)  # the same date: the last entered
+    moved = client.patch(f"{API}/investments/{older}", json={"as_of_date": "2025-01-01"})
+    assert moved.status_code == 200 and moved.json()["as_of_date"] == "2025-01-01", moved.text
+    headline(4, older)  # its date moved past the others
+    gone = client.delete(f"{API}/investments/{older}")
+    assert (gone.status_code, gone.content) == (204, b""), gone.text
+    headline(6, same_day)
+    planned = invest("planned_total", "7")
+    headline(7, planned)  # a planned total beats every reported figure, dated or not
+    later_plan = invest("planned_total", "8", "2020-01-01")
+    headline(8, later_plan)
 
 
 def test_every_write_lands_in_the_change_feed(client: TestClient) -> None:
