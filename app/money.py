@@ -1,5 +1,6 @@
 """Money: exact yuan amounts, input in 元 / 万元 / 亿元, and a display form such as `30亿元`."""
 
+import re
 from decimal import Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow
 from enum import StrEnum
 
@@ -64,3 +65,22 @@ def display(amount: Decimal | None) -> str | None:
         if abs(amount) >= FACTORS[unit]:
             return f"{_plain(amount / FACTORS[unit])}{unit}"
     return f"{_plain(amount)}{MoneyUnit.YUAN}"
+
+
+AMOUNT_TEXT_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*(亿元|亿|万元|万|元)?\s*$"
+_WITH_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(亿元|亿|万元|万|元)?\s*")
+_UNIT_NAMES = {"亿元": MoneyUnit.YI, "亿": MoneyUnit.YI, "万元": MoneyUnit.WAN, "万": MoneyUnit.WAN}
+
+
+def amount_text(value: object) -> object:
+    """A query's amount as staff write it — `100000000`, `1亿`, `1.5亿元`, `5000万` — as exact
+    yuan (a Decimal), by `to_yuan`'s rules; other text is refused, saying what is expected."""
+    if not isinstance(value, str):
+        return value
+    if not (match := _WITH_UNIT.fullmatch(value)):
+        raise ValueError(
+            f"应为金额，单位为元或写明单位，如 100000000、1亿、1.5亿元、5000万，而不是“{value[:50]}” "
+            "(an amount in yuan, or with its unit)"
+        )
+    unit = _UNIT_NAMES.get(match.group(2) or "", MoneyUnit.YUAN)
+    return to_yuan(Decimal(match.group(1)), unit)

@@ -1,9 +1,9 @@
 """The seven resources, declared: what each stores, how it is listed, what it hangs from."""
 
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, WithJsonSchema
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -18,7 +18,7 @@ from app.models.park import Park, ParkCreate, ParkLevel, ParkPublic
 from app.models.project import Project, ProjectCreate, ProjectPublic, Stage
 from app.models.source import Source, SourceCreate, SourcePublic
 from app.models.target import Metric, Recurrence, Target, TargetCreate, TargetPublic
-from app.money import MoneyUnit, to_yuan
+from app.money import AMOUNT_TEXT_PATTERN, MoneyUnit, amount_text, to_yuan
 from app.services import project as project_service
 from app.services.records import (
     ONE_WRITE,
@@ -30,6 +30,13 @@ from app.services.records import (
 )
 
 COMMON_SORT = ("id", "created_at", "updated_at")
+# An amount in a query: yuan, or with its unit as staff write it (`1亿`, `5000万`); exact to
+# the fen, not negative, within the column's range (`money.to_yuan`).
+QueryAmount = Annotated[
+    Decimal,
+    BeforeValidator(amount_text),
+    WithJsonSchema({"type": "string", "pattern": AMOUNT_TEXT_PATTERN}),
+]
 
 
 # ---------------------------------------------------------------- rules
@@ -202,11 +209,15 @@ class ProjectFilters(ListParams):
     code: QueryText | None = Field(default=None, description="项目代码")
     investment_conflict: bool | None = Field(default=None, description="投资额有冲突")
     # The column's own precision: a bound it cannot hold cannot be bound to the query.
-    min_investment: Decimal | None = Field(
-        default=None, ge=0, max_digits=18, decimal_places=2, description="总投资下限（元，含）"
+    min_investment: QueryAmount | None = Field(
+        default=None,
+        description="总投资下限（含）：元，或带单位，如 1亿、1.5亿元、5000万",
+        examples=["1亿"],
     )
-    max_investment: Decimal | None = Field(
-        default=None, ge=0, max_digits=18, decimal_places=2, description="总投资上限（元，含）"
+    max_investment: QueryAmount | None = Field(
+        default=None,
+        description="总投资上限（含）：元，或带单位，如 10亿、3000万元",
+        examples=["10亿"],
     )
 
 
@@ -245,6 +256,7 @@ SOURCES = ResourceSpec(
         Child("targets", Target, "source_id"),
     ),
     park=None,  # shared by every park
+    edit_example={"url": "https://example.org/article"},
 )
 
 PARKS = ResourceSpec(
@@ -266,6 +278,7 @@ PARKS = ResourceSpec(
     ),
     unique=(("external_id",), ("name",)),
     park="id",
+    edit_example={"positioning": "全市高质量发展重要引擎"},
 )
 
 CHAINS = ResourceSpec(
@@ -286,6 +299,7 @@ CHAINS = ResourceSpec(
         Child("targets", Target, "chain_id"),
     ),
     unique=(("external_id",), ("park_id", "code")),
+    edit_example={"role": "pillar"},
 )
 
 ENTERPRISES = ResourceSpec(
@@ -303,6 +317,7 @@ ENTERPRISES = ResourceSpec(
     children=(Child("projects", Project, "enterprise_id"),),
     unique=(("external_id",), ("credit_code",)),
     validate=same_park,
+    edit_example={"is_high_tech": True, "landed_year": 2021},
 )
 
 PROJECTS = ResourceSpec(
@@ -326,6 +341,7 @@ PROJECTS = ResourceSpec(
     validate=same_park,
     after_write=project_moved,
     children_follow=True,
+    edit_example={"stage": "signed"},
 )
 
 INVESTMENTS = ResourceSpec(
@@ -343,6 +359,7 @@ INVESTMENTS = ResourceSpec(
     prepare=investment_amount,
     validate=investment_park,
     after_write=investment_written,
+    edit_example={"as_of_date": "2021-12-31"},
 )
 
 TARGETS = ResourceSpec(
@@ -358,6 +375,7 @@ TARGETS = ResourceSpec(
     search_fields=("quote", "note", "unit"),
     parents={"park_id": Park, "chain_id": Chain, "source_id": Source},
     validate=target_period,
+    edit_example={"value": "120"},
 )
 
 ALL = (PARKS, CHAINS, ENTERPRISES, PROJECTS, INVESTMENTS, TARGETS, SOURCES)

@@ -414,6 +414,28 @@ def test_swagger_try_it_out_logs_in_creates_and_reads_a_park(
         assert got["id"] == park["id"] and got["name"] == name
         s.shot("read-200", full_page=False)
 
+        # PATCH /api/v1/projects/{id} as a person does it: Try it out fills in a one-field body
+        # ({"stage": "signed"}); Execute changes that field and keeps every other one.
+        token = httpx.post(
+            f"{base}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        before = httpx.get(
+            f"{base}/api/v1/projects", params={"q": "鲁南"}, headers=auth
+        ).json()["items"][0]
+        edit = operation(page, "patch", "/api/v1/projects/{id}")
+        edit.locator("button.try-out__btn").click()
+        edit.locator('.parameters input[placeholder="id"]').fill(str(before["id"]))
+        prefilled = json.loads(edit.locator("textarea.body-param__text").input_value())
+        assert prefilled == {"stage": "signed"}, prefilled
+        edit.locator("button.execute").click()
+        patched = json.loads(live_response(edit, "200"))
+        s.shot("patch-200", full_page=False)
+        after = httpx.get(f"{base}/api/v1/projects/{before['id']}", headers=auth).json()
+        assert patched == after and after["stage"] == "signed"
+        changed = {k for k in before if before[k] != after[k]}
+        assert changed == {"stage", "version", "updated_at"}, changed
+
         assert s.errors == []
         s.assert_stayed_local()
 

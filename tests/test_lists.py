@@ -256,6 +256,13 @@ def test_project_filters(client: TestClient) -> None:
         cell,
     }
     assert _found(client, min_investment="0") == {lunan, factory, cell}  # no headline: out
+    # Amounts as staff write them: with 亿 / 万 (and 元), the same bounds as in yuan.
+    assert _found(client, min_investment="1亿") == {lunan, factory}
+    assert _found(client, min_investment="0.5亿", max_investment="1亿元") == {factory, cell}
+    assert _found(client, max_investment="5000万") == {cell}
+    for bad in ("1e8", "-1", "1亿亿", "0.001"):
+        response = client.get(f"{API}/projects", params={"min_investment": bad})
+        assert problem(response, 422)["field"] == "min_investment", bad
     # The filter follows the investment records: a corrected figure moves the project.
     response = client.patch(
         f"{API}/investments/{factory_inv}", json={"amount": "0.5", "unit": "亿元"}

@@ -276,7 +276,6 @@ def test_credit_codes_are_checked(client: TestClient, park: dict[str, Any]) -> N
         VALID_CODE[:-1] + "4",  # wrong check character
         VALID_CODE[:-1],  # 17 characters
         VALID_CODE + "0",  # 19 characters
-        "",
     ]
     bad += [VALID_CODE[:8] + letter + VALID_CODE[9:] for letter in "IOSVZ"]
     bad += [VALID_CODE[:8] + "#" + VALID_CODE[9:]]
@@ -285,6 +284,11 @@ def test_credit_codes_are_checked(client: TestClient, park: dict[str, Any]) -> N
         assert body["field"] == "credit_code", code
     assert "I" in problem(enterprise(VALID_CODE[:8] + "I" + VALID_CODE[9:]), 422)["detail"]
     assert count(client, "enterprises") == 0
+    # An empty code (a blank form field or spreadsheet cell) is no code, not a bad one.
+    for blank in ("", "   "):
+        none = enterprise(blank, f"未知代码{len(blank)}")
+        assert none.status_code == 201 and none.json()["credit_code"] is None, none.text
+        client.delete(none.headers["location"])
 
     created = enterprise(VALID_CODE.lower())
     assert created.status_code == 201, created.text

@@ -123,6 +123,11 @@ def add_crud_routes(
     create_examples = (
         {"seed": {"summary": "示例（来自种子数据）", "value": examples}} if examples else None
     )
+    edit_examples = (
+        {"one": {"summary": "只改一个字段（其余字段不变）", "value": spec.edit_example}}
+        if spec.edit_example
+        else None
+    )
 
     @operation(
         router,
@@ -282,7 +287,11 @@ def add_crud_routes(
         response_model=Public,
         tags=tags,
         summary=f"修改{spec.title_zh}（部分更新）",
-        description="只改请求里给出的字段；带 `If-Match` 时版本不符返回 412。内容未变则版本不变。",
+        description=(
+            "部分更新：只改请求里给出的字段，未写的字段保持原样；把字段写成 null 即清空它（必填字段除外）。"
+            "在 Try it out 中只保留要改的字段。带 `If-Match` 时版本不符返回 412。内容未变则版本不变。"
+            " Partial update: only the fields sent are changed."
+        ),
         operation_id=f"update_{spec.singular}",
         dependencies=[CanWrite],
         responses=responses(*shared, 404, 409, 412, 422),
@@ -291,7 +300,7 @@ def add_crud_routes(
     async def update_record(
         session: WriteSession,
         record_id: RecordId,
-        body: Annotated[Update, Body()],
+        body: Annotated[Update, Body(openapi_examples=edit_examples)],
         if_match: IfMatch = None,
     ) -> Response:
         record = await records.update(session, spec, record_id, body, etags(if_match))

@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from pydantic import AfterValidator, StrictBool
+from pydantic import AfterValidator, BeforeValidator, StrictBool
 from sqlalchemy import Index, String
 from sqlmodel import Field
 
@@ -9,6 +9,11 @@ from app.models.common import CreateModel, Name, RecordColumns, RecordPublic, Re
 from app.models.provenance import Provenance
 
 CreditCode = Annotated[str, AfterValidator(credit_code.validate)]
+
+
+def _blank_is_none(value: object) -> object:
+    """An empty credit code (as a form or a spreadsheet sends it) is no code, not a bad one."""
+    return None if isinstance(value, str) and not value.strip() else value
 
 
 class EnterpriseBase(Provenance):
@@ -28,7 +33,7 @@ class EnterpriseBase(Provenance):
     name: Name = Field(
         description="企业名称", schema_extra={"examples": ["交大智邦（枣庄）数字科技有限公司"]}
     )
-    credit_code: CreditCode | None = Field(
+    credit_code: Annotated[CreditCode | None, BeforeValidator(_blank_is_none)] = Field(
         default=None,
         sa_type=String(18),
         unique=True,

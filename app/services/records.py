@@ -82,6 +82,9 @@ class ResourceSpec:
     # Whether its children move with it to another park (a project's investments do, by its
     # `after_write`); if not, it may move only without live children.
     children_follow: bool = False
+    # A small PATCH body (one or two fields) for Swagger's "Try it out": the body it fills in,
+    # so that changing one field never sends every other field with made-up values.
+    edit_example: dict[str, Any] = field(default_factory=dict)
 
     def column(self, name: str) -> Any:
         return getattr(self.model, name)
