@@ -420,9 +420,8 @@ def test_swagger_try_it_out_logs_in_creates_and_reads_a_park(
             f"{base}/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
         ).json()["access_token"]
         auth = {"Authorization": f"Bearer {token}"}
-        before = httpx.get(
-            f"{base}/api/v1/projects", params={"q": "鲁南"}, headers=auth
-        ).json()["items"][0]
+        found = httpx.get(f"{base}/api/v1/projects", params={"q": "鲁南"}, headers=auth)
+        before = found.json()["items"][0]
         edit = operation(page, "patch", "/api/v1/projects/{id}")
         edit.locator("button.try-out__btn").click()
         edit.locator('.parameters input[placeholder="id"]').fill(str(before["id"]))
