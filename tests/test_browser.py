@@ -433,7 +433,11 @@ def test_swagger_try_it_out_logs_in_creates_and_reads_a_park(
         after = httpx.get(f"{base}/api/v1/projects/{before['id']}", headers=auth).json()
         assert patched == after and after["stage"] == "signed"
         changed = {k for k in before if before[k] != after[k]}
-        assert changed == {"stage", "version", "updated_at"}, changed
+        # The stage staff set is no longer the seed's reading: its inference mark went with it.
+        assert changed == {"stage", "inferred", "version", "updated_at"}, changed
+        assert "stage" not in after["inferred"] and after["inferred"] == {
+            k: v for k, v in before["inferred"].items() if k != "stage"
+        }
 
         assert s.errors == []
         s.assert_stayed_local()

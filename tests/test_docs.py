@@ -216,5 +216,10 @@ def test_every_edit_example_is_a_small_valid_patch_that_changes_only_itself(
         for name, value in example.items():
             assert str(after[name]).startswith(str(value)), (resource.name, name, after[name])
         derived = {"version", "updated_at", "total_investment", "total_investment_display"}
-        unchanged = {k for k in record if k not in example and k not in derived}
+        unchanged = {k for k in record if k not in example and k not in derived | {"inferred"}}
         assert {k: after[k] for k in unchanged} == {k: record[k] for k in unchanged}, resource.name
+        # A field given a new value loses its inference mark; the others keep theirs.
+        if "inferred" in record:
+            changed = {k for k in example if record[k] != after[k]}
+            kept = {k: v for k, v in record["inferred"].items() if k not in changed}
+            assert after["inferred"] == kept, resource.name

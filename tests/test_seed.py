@@ -10,7 +10,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from app.config import PROJECT_DIR
-from tests.helpers import API, post, run_seed
+from tests.helpers import API, csv_rows, export, post, run_seed, to_csv, upload
 
 SEED_FILE = PROJECT_DIR / "seeds" / "zaozhuang.yaml"
 ARTICLE = PROJECT_DIR / "seeds" / "source" / "000_4f659c39924bd0b0.txt"
@@ -110,6 +110,27 @@ def test_seeded_facts_carry_source_and_quote_and_mark_every_inference(seeded: Te
     assert {"stage", "chain_id"} <= set(projects["鲁南大数据中心"]["inferred"])
     kinds = {i["kind"]: i["inferred"] for i in all_items(seeded, "investments")}
     assert "总投资" in kinds["planned_total"]["kind"] and "kind" in kinds["reported"]
+
+
+def test_a_value_staff_enter_is_no_longer_marked_inferred(seeded: TestClient) -> None:
+    lunan = seeded.get(f"{API}/projects", params={"q": "鲁南"}).json()["items"][0]
+    assert set(lunan["inferred"]) == {"stage", "chain_id"}
+    url = f"{API}/projects/{lunan['id']}"
+    # Another value for the stage: staff's now, not the seed's reading; the chain's mark stays.
+    r = seeded.patch(url, json={"stage": "completed"})
+    assert r.status_code == 200 and set(r.json()["inferred"]) == {"chain_id"}
+    # The same value again changes nothing, mark or version.
+    again = seeded.patch(url, json={"stage": "completed"})
+    assert again.json()["version"] == r.json()["version"]
+    # A write that says the new value is itself an inference keeps what it says.
+    marked = seeded.patch(url, json={"stage": "operating", "inferred": {"stage": "据新闻推断"}})
+    assert marked.status_code == 200 and marked.json()["inferred"] == {"stage": "据新闻推断"}
+    # The same rule in a spreadsheet: an edited 阶段 cell drops the stage's mark.
+    rows = csv_rows(export(seeded, format="csv", external_id="lunan-big-data-center"))
+    rows[1][rows[0].index("阶段")] = "在建"
+    report = upload(seeded, to_csv(rows))
+    assert report.status_code == 200 and report.json()["updated"] == 1, report.text
+    assert seeded.get(url).json()["inferred"] == {}
 
 
 def test_what_the_article_does_not_say_is_unknown_not_no(seeded: TestClient) -> None:

@@ -831,6 +831,15 @@ def _snapshot(record: Record) -> Record:
     return Record(record)
 
 
+def settle_inferences(record: Any, changed: dict[str, Any]) -> None:
+    """A field given a new value is what its writer entered, no longer an inference: its mark
+    in `inferred` goes with the change, unless the same write sends `inferred` itself."""
+    marks = getattr(record, "inferred", None)
+    if not marks or "inferred" in changed or marks.keys().isdisjoint(changed):
+        return
+    changed["inferred"] = {k: v for k, v in marks.items() if k not in changed}
+
+
 async def apply_update(
     session: AsyncSession, spec: ResourceSpec, record: Any, data: dict[str, Any]
 ) -> bool:
@@ -840,6 +849,7 @@ async def apply_update(
     changed = {k: v for k, v in data.items() if getattr(record, k) != v}
     if not changed:
         return False
+    settle_inferences(record, changed)
     await check_rules(session, spec, record, changed)
     before = _snapshot(record) if spec.after_write else None
     previous_park = None if spec.park is None else getattr(record, spec.park)

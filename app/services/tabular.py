@@ -1667,6 +1667,7 @@ class _Importer:
             if not data:
                 self.unchanged += 1
                 return None
+            records.settle_inferences(target, data)
             if spec.park is not None and spec.park in data:
                 # A move is one record's change, with its children and their feed entries in
                 # order (`PATCH`); an import's entries go into the feed at its end.
