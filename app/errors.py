@@ -1,6 +1,7 @@
 """Domain errors, and their one rendering: RFC 9457 `application/problem+json`."""
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -136,16 +137,64 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# Pydantic's refusals in Chinese, with pydantic's own English after (the API's values, such as
+# an enum's codes, stay as they are). Our own validators already speak Chinese.
+_ZH: dict[str, Callable[[dict[str, Any]], str]] = {
+    "missing": lambda c: "必填",
+    "extra_forbidden": lambda c: "没有这个字段，不接受",
+    "enum": lambda c: f"应为以下之一：{c.get('expected')}",
+    "literal_error": lambda c: f"应为以下之一：{c.get('expected')}",
+    "greater_than_equal": lambda c: f"不能小于 {c.get('ge')}",
+    "greater_than": lambda c: f"应大于 {c.get('gt')}",
+    "less_than_equal": lambda c: f"不能大于 {c.get('le')}",
+    "less_than": lambda c: f"应小于 {c.get('lt')}",
+    "string_too_short": lambda c: (
+        "不能为空" if c.get("min_length") == 1 else f"至少 {c.get('min_length')} 个字符"
+    ),
+    "string_too_long": lambda c: f"最多 {c.get('max_length')} 个字符",
+    "string_pattern_mismatch": lambda c: "格式不符",
+    "string_type": lambda c: "应为字符串",
+    "int_parsing": lambda c: "应为整数",
+    "int_from_float": lambda c: "应为整数",
+    "int_type": lambda c: "应为整数",
+    "bool_type": lambda c: "应为 true 或 false",
+    "bool_parsing": lambda c: "应为 true 或 false",
+    "decimal_parsing": lambda c: "应为数字",
+    "decimal_type": lambda c: "应为数字或数字字符串",
+    "decimal_max_digits": lambda c: f"最多 {c.get('max_digits')} 位数字",
+    "decimal_max_places": lambda c: f"最多 {c.get('decimal_places')} 位小数",
+    "decimal_whole_digits": lambda c: f"整数部分最多 {c.get('whole_digits')} 位",
+    "too_short": lambda c: f"至少 {c.get('min_length')} 项",
+    "too_long": lambda c: f"最多 {c.get('max_length')} 项",
+    "list_type": lambda c: "应为数组",
+    "dict_type": lambda c: "应为 JSON 对象",
+    "model_type": lambda c: "应为 JSON 对象",
+    "model_attributes_type": lambda c: "应为 JSON 对象",
+    "json_invalid": lambda c: "不是有效的 JSON",
+    "date_parsing": lambda c: "应为日期 YYYY-MM-DD",
+    "date_from_datetime_parsing": lambda c: "应为日期 YYYY-MM-DD",
+    "datetime_parsing": lambda c: "应为带时区的时间，如 2026-01-01T00:00:00+08:00",
+    "datetime_from_date_parsing": lambda c: "应为带时区的时间，如 2026-01-01T00:00:00+08:00",
+    "url_parsing": lambda c: "不是有效的网址",
+}
+
+
+def message(error: Mapping[str, Any]) -> str:
+    """One pydantic error as the API says it: Chinese first, pydantic's English after."""
+    english = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    zh = _ZH.get(str(error.get("type")))
+    return f"{zh(dict(error.get('ctx') or {}))} ({english})" if zh else english
+
+
 def _field_errors(exc: RequestValidationError) -> list[FieldError]:
     out = []
     for err in exc.errors():
         loc = [str(part) for part in err.get("loc", ())]
         location = loc[0] if loc else "body"
         path = loc[1:] if len(loc) > 1 else loc
-        message = str(err.get("msg", "invalid"))
-        if message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
-        out.append(FieldError(field=".".join(path) or location, location=location, message=message))
+        out.append(
+            FieldError(field=".".join(path) or location, location=location, message=message(err))
+        )
     return out
 
 

@@ -351,6 +351,8 @@ def test_three_bad_rows_are_reported_and_a_real_run_writes_nothing(client: TestC
     ]
     assert failed["report"]["errors"] == body["errors"]
     assert "nothing was written" in failed["detail"]
+    # The refused run wrote nothing, and says so: nothing created, nothing updated.
+    assert (failed["report"]["created"], failed["report"]["updated"]) == (0, 0)
     assert projects(client) == before and changes_after(client, seq) == []
 
 

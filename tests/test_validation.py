@@ -375,3 +375,25 @@ def test_an_external_id_of_any_other_characters_is_kept_exactly(client: TestClie
     made = client.post(f"{API}/sources", json={"title": "来源", "external_id": "枣庄-2021_A.1"})
     assert made.status_code == 201, made.text
     assert made.json()["external_id"] == "枣庄-2021_A.1"
+
+
+def test_refusals_speak_chinese_first(client: TestClient, park: dict[str, Any]) -> None:
+    """Pydantic's refusals come in Chinese, its English after; the API's codes stay as they are."""
+    answer = problem(
+        client.post(
+            f"{API}/projects",
+            json={"park_id": park["id"], "stage": "挖坑", "total_investment": "1.5亿元"},
+        ),
+        422,
+    )
+    said = {e["field"]: e["message"] for e in answer["errors"]}
+    assert said["name"].startswith("必填 (")
+    assert said["stage"].startswith("应为以下之一：'planning'") and "cancelled" in said["stage"]
+    assert said["total_investment"].startswith("没有这个字段，不接受 (")
+    assert "必填" in answer["detail"]
+    # The same words for a batch's item, and in a spreadsheet's row errors.
+    batch = problem(
+        client.post(f"{API}/projects/batch", json={"items": [{"op": "create", "data": {}}]}),
+        422,
+    )
+    assert {e["message"][:2] for e in batch["errors"]} == {"必填"}

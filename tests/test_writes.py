@@ -231,3 +231,30 @@ def test_more_concurrent_writes_than_pooled_connections_do_not_stall(
                 )
 
     assert asyncio.run(run()) == [201] * 12
+
+
+def test_an_investment_is_added_where_staff_look_for_it(client: TestClient) -> None:
+    """`POST /projects/{id}/investments`: the project's amount, given on the project's own path
+    (with its unit); the headline follows; the path, not the body, names the project."""
+    park = make_park(client)
+    project = make_project(client, park["id"], name="电芯项目", stage="signed")
+    url = f"{API}/projects/{project['id']}/investments"
+    made = client.post(url, json={"kind": "planned_total", "amount": "1.5", "unit": "亿元"})
+    assert made.status_code == 201, made.text
+    investment = made.json()
+    assert (investment["project_id"], investment["amount"]) == (project["id"], "150000000.00")
+    assert made.headers["location"] == f"{API}/investments/{investment['id']}"
+    assert client.get(made.headers["location"]).json() == investment
+    after = client.get(f"{API}/projects/{project['id']}").json()
+    assert (after["total_investment"], after["version"]) == ("150000000.00", 2)
+    assert client.get(url).json()["items"] == [investment]
+    # The project comes from the path only; a missing one is 404, a bad body a 422 naming it.
+    assert problem(client.post(url, json={**investment_body(), "project_id": 1}), 422)["field"]
+    missing = client.post(f"{API}/projects/999999/investments", json=investment_body())
+    problem(missing, 404)
+    assert problem(client.post(url, json={"kind": "planned_total"}), 422)["field"] == "amount"
+    assert client.get(url).json()["items"] == [investment]
+
+
+def investment_body() -> dict[str, str]:
+    return {"kind": "reported", "amount": "2", "unit": "亿元"}

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import db
+from app import db, errors
 from app.errors import AppError, FieldError, Invalid
 from app.models.common import MAX_ID
 from app.services import records
@@ -62,7 +62,7 @@ def _validation_errors(index: int, exc: ValidationError) -> list[FieldError]:
         FieldError(
             field=".".join(["items", str(index), "data", *map(str, e["loc"])]),
             location="body",
-            message=str(e["msg"]).removeprefix("Value error, "),
+            message=errors.message(e),
             index=index,
         )
         for e in exc.errors()

@@ -67,7 +67,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel, col
 
-from app import context
+from app import context, errors
 from app.config import Settings
 from app.db import Database, Record
 from app.db_types import utcnow
@@ -1144,8 +1144,12 @@ class RowError(BaseModel):
 class ImportReport(BaseModel):
     dry_run: bool = Field(description="试运行：只检查，不写入")
     rows: int = Field(description="数据行数（不含表头与空行）")
-    created: int = Field(description="新建的记录数（试运行时为将要新建的数）")
-    updated: int = Field(description="有改动的记录数")
+    created: int = Field(
+        description="新建的记录数（试运行时为将要新建的数；正式导入因错误被拒时为 0，什么都没写）"
+    )
+    updated: int = Field(
+        description="有改动的记录数（试运行时为将要修改的数；正式导入因错误被拒时为 0）"
+    )
     unchanged: int = Field(description="与登记内容完全一致、未写入的行数")
     errors: list[RowError] = Field(
         description=f"逐行逐列的错误，按行序列出前 {REPORTED_ERRORS} 个；有任何错误时，正式导入什么都不写"
@@ -1182,22 +1186,10 @@ class ImportFailed(Invalid):
         self.report = report
 
 
-_PYDANTIC_ZH: dict[str, Callable[[dict[str, Any]], str]] = {
-    "missing": lambda c: "必填",
-    "greater_than_equal": lambda c: f"不能小于 {c.get('ge')}",
-    "less_than_equal": lambda c: f"不能大于 {c.get('le')}",
-    "string_too_short": lambda c: "不能为空",
-    "string_too_long": lambda c: f"最多 {c.get('max_length')} 个字符",
-    "string_pattern_mismatch": lambda c: "格式不符（不能含空白或 /）",
-    "int_parsing": lambda c: "应为整数",
-    "int_from_float": lambda c: "应为整数",
-}
-
-
 def _pydantic_message(error: Any) -> str:
-    english = str(error["msg"]).removeprefix("Value error, ")
-    zh = _PYDANTIC_ZH.get(error["type"])
-    return f"{zh(error.get('ctx') or {})} ({english})" if zh else english
+    if error["type"] == "string_pattern_mismatch":  # the sheet's only patterned column: 外部编号
+        return f"格式不符（不能含空白或 /） ({error['msg']})"
+    return errors.message(error)
 
 
 def _nullable(model: type[BaseModel], name: str) -> bool:
@@ -1841,7 +1833,8 @@ async def import_rows(
     else:
         await records.commit(session, layout.spec)
     if report.errors and not dry_run:
-        raise ImportFailed(report)
+        # Nothing was written: a refused run reports nothing as created or updated.
+        raise ImportFailed(report.model_copy(update={"created": 0, "updated": 0}))
     return report
 
 
