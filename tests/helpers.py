@@ -21,6 +21,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from openpyxl import Workbook  # type: ignore[import-untyped]
+from sqlalchemy import inspect, text
+
+from app.db import make_engine
 
 API = "/api/v1"
 
@@ -364,3 +367,21 @@ def chromium_or_skip() -> None:
     if os.environ.get("REQUIRE_BROWSER") == "1":
         pytest.fail(f"REQUIRE_BROWSER=1 but {reason}")
     pytest.skip(reason)
+
+
+async def _tables_and_revision(url: str) -> tuple[set[str], str | None]:
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect() as conn:
+            tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+            revision = None
+            if "alembic_version" in tables:
+                revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+            return tables, revision
+    finally:
+        await engine.dispose()
+
+
+def tables_and_revision(url: str) -> tuple[set[str], str | None]:
+    """The database's tables and Alembic revision (None before any migration)."""
+    return asyncio.run(_tables_and_revision(url))

@@ -27,7 +27,7 @@ from app.models import metadata
 from app.models.user import ApiToken
 from app.seed import SECTIONS, load_files
 from tests.conftest import ADMIN_PASSWORD, DatabaseFactory
-from tests.helpers import API
+from tests.helpers import API, tables_and_revision
 from tests.servers import server
 
 
@@ -345,23 +345,6 @@ def test_seed_if_empty_writes_nothing_to_a_database_holding_data(
 
 
 # ---------------------------------------------------------------- migrate REVISION
-
-
-async def _tables_and_revision(url: str) -> tuple[set[str], str | None]:
-    engine = make_engine(url, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-            revision = None
-            if "alembic_version" in tables:
-                revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-            return tables, revision
-    finally:
-        await engine.dispose()
-
-
-def tables_and_revision(url: str) -> tuple[set[str], str | None]:
-    return asyncio.run(_tables_and_revision(url))
 
 
 def test_migrate_to_a_named_revision_then_to_head(db_factory: DatabaseFactory) -> None:

@@ -17,26 +17,9 @@ from app.db import make_engine
 from app.main import create_app
 from app.models import metadata
 from tests.conftest import DatabaseFactory
-from tests.helpers import API
+from tests.helpers import API, tables_and_revision
 
 REGISTRY_TABLES = set(metadata.tables)
-
-
-async def _tables_and_revision(url: str) -> tuple[set[str], str | None]:
-    engine = make_engine(url, pool_size=1, max_overflow=0)
-    try:
-        async with engine.connect() as conn:
-            tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-            revision = None
-            if "alembic_version" in tables:
-                revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-            return tables, revision
-    finally:
-        await engine.dispose()
-
-
-def tables_and_revision(url: str) -> tuple[set[str], str | None]:
-    return asyncio.run(_tables_and_revision(url))
 
 
 def test_upgrade_check_downgrade_upgrade(db_factory: DatabaseFactory) -> None:
