@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from app.models.project import range_display
 from app.money import display
 from app.services.project import derived
 
@@ -210,12 +211,7 @@ def project_public(row: tuple[Any, ...]) -> dict[str, Any]:
     out["inferred"] = {}
     figures = out["investment_figures"] = None if row[19] is None else orjson.loads(row[19])
     out["total_investment_display"] = display(row[17])
-    out["total_investment_range_display"] = None
-    if figures:
-        amounts = [Decimal(f["amount"]) for f in figures]
-        out["total_investment_range_display"] = (
-            f"{display(min(amounts))}–{display(max(amounts))}，{len(amounts)}条记录不一致"
-        )
+    out["total_investment_range_display"] = range_display(figures)
     return out
 
 

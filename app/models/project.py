@@ -145,9 +145,13 @@ class InvestmentFigure(BaseModel):
     )
 
 
-def _amounts(figures: list[Any]) -> list[Decimal]:
-    # A stored figure (a dict, on the plain path) or an `InvestmentFigure`.
-    return [Decimal(f["amount"] if isinstance(f, dict) else f.amount) for f in figures]
+def range_display(figures: list[Any] | None) -> str | None:
+    """Disagreeing figures as staff read them: `20亿元–30亿元，2条记录不一致` (None without any).
+    A figure is a stored dict (the plain path, exports) or an `InvestmentFigure`."""
+    if not figures:
+        return None
+    amounts = [Decimal(f["amount"] if isinstance(f, dict) else f.amount) for f in figures]
+    return f"{display(min(amounts))}–{display(max(amounts))}，{len(amounts)}条记录不一致"
 
 
 class ProjectCreate(ProjectBase, CreateModel):
@@ -188,7 +192,4 @@ class ProjectPublic(ProjectBase, RecordPublic):
     )
     @property
     def total_investment_range_display(self) -> str | None:
-        if not self.investment_figures:
-            return None
-        amounts = _amounts(self.investment_figures)
-        return f"{display(min(amounts))}–{display(max(amounts))}，{len(amounts)}条记录不一致"
+        return range_display(self.investment_figures)

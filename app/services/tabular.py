@@ -77,8 +77,8 @@ from app.models.common import NOT_INFERABLE, ListParams
 from app.models.enterprise import Enterprise
 from app.models.investment import Investment, InvestmentKind
 from app.models.park import Park
-from app.models.project import STAGE_ZH, Project
-from app.money import MoneyUnit, display, to_yuan
+from app.models.project import STAGE_ZH, Project, range_display
+from app.money import MoneyUnit, to_yuan
 from app.resources import ENTERPRISES, INVESTMENTS, PROJECTS
 from app.services import bulk, records
 from app.services import project as project_service
@@ -274,7 +274,6 @@ def _inferred_text(layout: "Layout", inferred: dict[str, str]) -> str | None:
 
 
 def _figures_text(figures: list[dict[str, Any]]) -> str:
-    amounts = [Decimal(f["amount"]) for f in figures]
     each = "；".join(
         f"{f['amount_display']} {KIND_LABELS.get(f['kind'], f['kind'])}"
         f"（投资额编号 {f['investment_id']}，来源编号 {f['source_id'] if f['source_id'] else '未知'}"
@@ -283,7 +282,7 @@ def _figures_text(figures: list[dict[str, Any]]) -> str:
         + "）"
         for f in figures
     )
-    return f"{display(min(amounts))}–{display(max(amounts))}，{len(figures)}条记录不一致：{each}"
+    return f"{range_display(figures)}：{each}"
 
 
 def value_of(
